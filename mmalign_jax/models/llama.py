@@ -1,0 +1,301 @@
+"""LLaMA-family decoder: RMSNorm, RoPE (HF semantics), GQA, SwiGLU, KV cache.
+
+Layers run under `nn.scan` (parameters stacked on a leading 'layers' axis: one layer is
+traced and compiled once however deep the model), optionally under `nn.remat`. The KV
+cache is streamed through the scan: layer `l` reads `cache['k'][l]` and emits its updated
+slice, which the scan stacks back into `[L, B, S, K, Dh]`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmalign_jax.models.config import LlavaConfig, TextConfig
+from mmalign_jax.models.layers import Dense, RMSNorm, activation, constrain
+
+_ACT = ("batch", "length", "embed")
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+# --------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(text: TextConfig, seq_len: Optional[jax.Array] = None) -> jax.Array:
+    """Inverse frequencies `[Dh/2]` (float32), as HF's ROPE_INIT_FUNCTIONS compute them.
+
+    `seq_len` (max position + 1 of the current call) is only read by 'dynamic' NTK
+    scaling, which HF recomputes per forward once a sequence outgrows
+    `max_position_embeddings`.
+    """
+    dim = text.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    scaling = text.rope_scaling_dict() or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    inv_freq = np.float32(1.0) / (np.float32(text.rope_theta) ** exponents)
+    if rope_type == "default":
+        return jnp.asarray(inv_freq)
+    if rope_type == "linear":
+        return jnp.asarray(inv_freq / np.float32(scaling["factor"]))
+    if rope_type == "llama3":
+        return jnp.asarray(_llama3_inv_freq(inv_freq, scaling))
+    if rope_type == "dynamic":
+        if seq_len is None:
+            raise ValueError("'dynamic' RoPE scaling needs the current sequence length")
+        factor, max_pos = scaling["factor"], text.max_position_embeddings
+        seq_len = jnp.maximum(seq_len, max_pos).astype(jnp.float32)
+        base = text.rope_theta * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        return 1.0 / (base ** jnp.asarray(exponents))
+    raise ValueError(
+        f"unsupported rope_scaling type {rope_type!r}; supported: default, linear, dynamic, llama3"
+    )
+
+
+def _llama3_inv_freq(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
+    """HF `_compute_llama3_parameters`, step for step, in float32."""
+    factor = scaling["factor"]
+    low_freq_factor = scaling["low_freq_factor"]
+    high_freq_factor = scaling["high_freq_factor"]
+    old_context_len = scaling["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    inv_freq_llama = np.where(wavelen > low_freq_wavelen, inv_freq / np.float32(factor), inv_freq)
+    smooth = (np.float32(old_context_len) / wavelen - low_freq_factor) / (
+        high_freq_factor - low_freq_factor
+    )
+    smooth = smooth.astype(np.float32)
+    smoothed = (1 - smooth) * inv_freq_llama / np.float32(factor) + smooth * inv_freq_llama
+    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(is_medium, smoothed, inv_freq_llama).astype(np.float32)
+
+
+def rope_cos_sin(text: TextConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables `[B, T, Dh]` for integer `positions [B, T]` (HF's duplicated halves)."""
+    inv_freq = rope_inv_freq(text, seq_len=jnp.max(positions) + 1)
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate `x [B, T, N, Dh]` with HF's rotate_half convention (halves, not pairs)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None] + rotated * sin[:, :, None]
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def default_positions(attention_mask: jax.Array) -> jax.Array:
+    """Position ids that skip padding: `cumsum(mask) - 1`, clipped at 0 (left padding works)."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def attention_mask_4d(
+    attention_mask: jax.Array, num_queries: int, first_slot: jax.Array | int = 0
+) -> jax.Array:
+    """Boolean `[B, 1, t, S]`: key slot `s` holds a real token and is not after the query.
+
+    Query `i` sits in slot `first_slot + i` (0 for a full forward, the cache index when
+    decoding), so one rule covers training, prefill and token-by-token decoding.
+    """
+    query_slots = first_slot + jnp.arange(num_queries)
+    causal = jnp.arange(attention_mask.shape[1])[None, :] <= query_slots[:, None]
+    return attention_mask.astype(bool)[:, None, None, :] & causal[None, None]
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _dense(cfg: LlavaConfig, features: int, axes, use_bias: bool, name: str) -> Dense:
+    return Dense(
+        features,
+        axes,
+        use_bias=use_bias,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        lora=cfg.lora,
+        kernel_init=nn.initializers.normal(0.02),  # HF initializer_range
+        name=name,
+    )
+
+
+def _rms_norm(cfg: LlavaConfig, name: str) -> RMSNorm:
+    return RMSNorm(
+        cfg.text.rms_norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name=name
+    )
+
+
+class LlamaAttention(nn.Module):
+    """GQA self-attention. K/V keep their K heads: `jax.nn.dot_product_attention` groups
+    the H query heads over them natively, so nothing is repeated in memory."""
+
+    cfg: LlavaConfig
+
+    @nn.compact
+    def __call__(self, x, mask, cos, sin, layer_cache, cache_index, deterministic):
+        t = self.cfg.text
+        b, n, _ = x.shape
+        dense = functools.partial(_dense, self.cfg, use_bias=t.attention_bias)
+        q = dense(t.num_attention_heads * t.head_dim, ("embed", "heads"), name="q_proj")
+        k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), name="k_proj")
+        v = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), name="v_proj")
+        q = q(x, deterministic).reshape(b, n, t.num_attention_heads, t.head_dim)
+        k = k(x, deterministic).reshape(b, n, t.num_key_value_heads, t.head_dim)
+        v = v(x, deterministic).reshape(b, n, t.num_key_value_heads, t.head_dim)
+        q = constrain(apply_rope(q, cos, sin), ("batch", "length", "heads", "head_dim"))
+        k = constrain(apply_rope(k, cos, sin), ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        if layer_cache is not None:
+            start = (0, cache_index, 0, 0)
+            layer_cache = {
+                "k": jax.lax.dynamic_update_slice(
+                    layer_cache["k"], k.astype(layer_cache["k"].dtype), start
+                ),
+                "v": jax.lax.dynamic_update_slice(
+                    layer_cache["v"], v.astype(layer_cache["v"].dtype), start
+                ),
+            }
+            k, v = layer_cache["k"].astype(q.dtype), layer_cache["v"].astype(q.dtype)
+
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = out.reshape(b, n, t.num_attention_heads * t.head_dim)
+        o_proj = dense(t.hidden_size, ("heads", "embed"), name="o_proj")
+        return o_proj(out, deterministic), layer_cache
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    cfg: LlavaConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic):
+        t = self.cfg.text
+        dense = functools.partial(_dense, self.cfg, use_bias=t.mlp_bias)
+        gate = dense(t.intermediate_size, ("embed", "mlp"), name="gate_proj")(x, deterministic)
+        up = dense(t.intermediate_size, ("embed", "mlp"), name="up_proj")(x, deterministic)
+        h = constrain(activation(t.hidden_act)(gate) * up, ("batch", "length", "mlp"))
+        return dense(t.hidden_size, ("mlp", "embed"), name="down_proj")(h, deterministic)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """One pre-norm block, shaped as an `nn.scan` body: `(carry, per-layer cache, *broadcast)`."""
+
+    cfg: LlavaConfig
+
+    @nn.compact
+    def __call__(self, h, layer_cache, mask, cos, sin, cache_index, deterministic):
+        attn, layer_cache = LlamaAttention(self.cfg, name="self_attn")(
+            _rms_norm(self.cfg, "input_layernorm")(h),
+            mask, cos, sin, layer_cache, cache_index, deterministic,
+        )
+        h = h + attn
+        h = h + LlamaMLP(self.cfg, name="mlp")(
+            _rms_norm(self.cfg, "post_attention_layernorm")(h), deterministic
+        )
+        return constrain(h, _ACT), layer_cache
+
+
+def decoder_stack(cfg: LlavaConfig) -> type[nn.Module]:
+    """`LlamaDecoderLayer` rematerialised per `cfg.remat_policy`, scanned over the layers.
+
+    The 'lora' collection is scanned like 'params', so adapters are stacked `[L, ...]`.
+    """
+    layer = LlamaDecoderLayer
+    if cfg.remat_policy != "none":
+        if cfg.remat_policy not in _REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy must be 'none' or one of {sorted(_REMAT_POLICIES)}; "
+                f"got {cfg.remat_policy!r}"
+            )
+        # argnum 7 counts `self`: `deterministic` is a Python bool, so it must be static.
+        layer = nn.remat(
+            layer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False, static_argnums=(7,)
+        )
+    return nn.scan(
+        layer,
+        variable_axes={"params": 0, "lora": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.text.num_hidden_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+
+
+class LlamaModel(nn.Module):
+    """Token embeddings, the scanned decoder, the final norm and the LM head."""
+
+    cfg: LlavaConfig
+
+    def setup(self):
+        t = self.cfg.text
+        self.embed_tokens = nn.Embed(
+            t.vocab_size,
+            t.hidden_size,
+            dtype=jnp.dtype(self.cfg.dtype),
+            param_dtype=jnp.dtype(self.cfg.param_dtype),
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), ("vocab", "embed")
+            ),
+        )
+        self.layers = decoder_stack(self.cfg)(self.cfg)
+        self.norm = _rms_norm(self.cfg, None)
+        if not t.tie_word_embeddings:
+            self.lm_head = _dense(self.cfg, t.vocab_size, ("embed", "vocab"), False, None)
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        return constrain(self.embed_tokens(input_ids), _ACT)
+
+    def decode(self, embeds, attention_mask, positions=None, cache=None, deterministic=True):
+        """Decoder over `embeds [B, t, D]`; returns (final-normed hidden, updated cache).
+
+        Without a cache `attention_mask` is `[B, t]`. With one it is `[B, S]` over cache
+        slots, the new keys/values are written at `cache['index']` and the index advances by t.
+        """
+        b, n, _ = embeds.shape
+        if cache is None:
+            slots, first_slot, layer_caches = n, 0, None
+        else:
+            slots, first_slot = cache["k"].shape[2], cache["index"]
+            layer_caches = {"k": cache["k"], "v": cache["v"]}
+        if attention_mask.shape != (b, slots):
+            what = "cache slots" if cache is not None else "tokens"
+            raise ValueError(
+                f"attention_mask must be [batch, {what}] = {(b, slots)}; got {attention_mask.shape}"
+            )
+        if positions is None:
+            positions = jax.lax.dynamic_slice_in_dim(
+                default_positions(attention_mask), first_slot, n, axis=1
+            )
+        cos, sin = rope_cos_sin(self.cfg.text, positions, jnp.dtype(self.cfg.dtype))
+        mask = attention_mask_4d(attention_mask, n, first_slot)
+
+        h = constrain(embeds.astype(jnp.dtype(self.cfg.dtype)), _ACT)
+        h, layer_caches = self.layers(h, layer_caches, mask, cos, sin, first_slot, deterministic)
+        if cache is not None:
+            cache = {**layer_caches, "index": cache["index"] + n}
+        return self.norm(h), cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float32 `[.., V]`; tied models project with `embed_tokens` transposed."""
+        if self.cfg.text.tie_word_embeddings:
+            out = self.embed_tokens.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        out = out.astype(jnp.float32)
+        return constrain(out, ("batch", "length", "vocab")) if out.ndim == 3 else out
