@@ -63,9 +63,11 @@ def mesh_shape(shape: Mapping[str, int], n_devices: int | None = None) -> tuple[
 def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     devices = list(devices) if devices is not None else jax.devices()
     sizes = mesh_shape(shape, len(devices))
+    # Auto axes: shardings are constraints XLA propagates (GSPMD), not part of the types.
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if devices == jax.devices():
-        return jax.make_mesh(sizes, MESH_AXES)
-    return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
+        return jax.make_mesh(sizes, MESH_AXES, axis_types=auto)
+    return Mesh(np.array(devices).reshape(sizes), MESH_AXES, axis_types=auto)
 
 
 def _mesh_axes_for(name: str | None, rules: Sequence[tuple[str, Any]], where: str):

@@ -1,0 +1,31 @@
+"""Supervised fine-tuning (standard SFT, PAPER.md: LoRA lr 4e-4, 3 epochs, batch 128).
+
+  python -m mmalign_jax.train --config configs/sft.py                 # offline demo
+  python -m mmalign_jax.train --config configs/sft.py:llava-1.5-13b \
+      --config.model.hf_checkpoint=/ckpt/llava-1.5-13b-hf --config.data.data_dir=/data/sft
+"""
+from mmalign_jax.train import defaults
+
+
+def get_config(preset: str = "demo"):
+    c = defaults.base_config("sft")
+    if preset == "demo":
+        c.lora.enabled = False        # the demo model starts from random weights: train it all
+        c.optim.lr = 2e-3
+        c.optim.projector_lr = 2e-3
+        c.optim.train_vision = True
+        c.optim.warmup_ratio = 0.05
+        c.data.seq_len = 160
+        c.train.global_batch_size = 32
+        c.train.num_epochs = 0
+        c.train.max_steps = 300
+        c.train.log_every = 10
+        c.train.eval_every = 50
+        c.train.checkpoint_every = 100
+    elif preset in defaults.PAPER_PRESETS:
+        defaults.apply_paper_preset(c, preset)
+        c.optim.lr = 4e-4
+        c.data.seq_len = 2048
+    else:
+        raise ValueError(f"unknown preset {preset!r}: use demo, llava-1.5-7b or llava-1.5-13b")
+    return c

@@ -1,0 +1,62 @@
+"""Orbax checkpoints of what is trained (+ optimizer, step, RNG) and the data iterator.
+
+Frozen base weights are not copied: they come back from `model.hf_checkpoint` / the preset
+seed / `model.init_from`. Orbax writes each step to a temporary folder and renames it when
+complete, so a process killed mid-save leaves the previous checkpoints intact.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from mmalign_jax.data import pipeline
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, keep: int, every: int, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=max(every, 1), create=True,
+            enable_async_checkpointing=async_save)
+        pipeline.checkpoint_args  # the data item's args/handler are registered on first use
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
+        args = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            args["data"] = pipeline.checkpoint_args(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+    def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+        step = self.manager.latest_step() if step is None else step
+        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            args["data"] = pipeline.restore_args(data_iterator)
+        out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        return out["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def restore_trainable(workdir: str, abstract_trainable, step: int | None = None):
+    """Only the trained variables of another run (e.g. the SFT stage a DPO run starts from)."""
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    with ocp.CheckpointManager(directory, item_handlers={
+            "state": ocp.StandardCheckpointHandler()}) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"model.init_from={workdir!r} has no checkpoint under {directory}")
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))["state"]
+    return restored["trainable"] if abstract_trainable is None else jax.tree.map(
+        lambda a, b: b, abstract_trainable, restored["trainable"])

@@ -1,0 +1,148 @@
+"""The trainer's view of the data: tokenizer, TFDS splits, grain loaders, reference log-probs.
+
+`data.source='demo'` writes the synthetic demo task into `<workdir>/data` (once; reruns reuse
+it) and builds its TFDS splits there, so the offline demo runs through exactly the same
+TFDS → grain path as a real dataset built with `python -m mmalign_jax.data build`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+from mmalign_jax import parallel
+from mmalign_jax.data import pipeline, tfds_builder
+
+log = logging.getLogger("mmalign_jax.train")
+
+DEMO_SPLITS = {"train": "train.jsonl", "eval": "eval.jsonl",
+               "sft_train": "sft_train.jsonl", "sft_eval": "sft_eval.jsonl"}
+
+
+def load_tokenizer(c):
+    path = c.data.tokenizer or c.model.hf_checkpoint
+    if path:
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(path), path
+    from mmalign_jax.data.demo import tokenizer as demo_tok
+    return demo_tok.load_tokenizer(), os.path.dirname(demo_tok.__file__)
+
+
+def demo_data_dir(c) -> str:
+    """Write the demo task and build its splits under <workdir>/data unless already there."""
+    out = os.path.join(c.workdir, "data")
+    data_dir = os.path.join(out, "tfds")
+    done = os.path.join(out, "BUILT")
+    if jax.process_index() == 0 and not os.path.exists(done):
+        from mmalign_jax.data.demo import generate
+        d = c.data.demo
+        log.info("writing the demo task (%d train / %d eval prompts) to %s", d.n_train, d.n_eval, out)
+        generate.write_dataset(out, d.n_train, d.n_eval, d.seed)
+        tfds_builder.build({s: os.path.join(out, f) for s, f in DEMO_SPLITS.items()},
+                           os.path.join(out, "images"), data_dir, strict=True, overwrite=True)
+        open(done, "w").write("ok\n")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("demo data built")
+    return data_dir
+
+
+class TrainData:
+    """Loaders for the train and eval splits with the batch layout of `data/pipeline.py`."""
+
+    def __init__(self, c, cfg):
+        self.c, self.cfg = c, cfg
+        self.kind = c.method
+        self.tokenizer, self.tokenizer_dir = load_tokenizer(c)
+        self.data_dir = demo_data_dir(c) if c.data.source == "demo" else c.data.data_dir
+        self.ref_logps: dict | None = None
+        self.train_source = tfds_builder.open_split(self.data_dir, c.data.train_split)
+        self.eval_source = (tfds_builder.open_split(self.data_dir, c.data.eval_split)
+                            if c.data.eval_split and c.train.eval_every else None)
+        gb = c.train.global_batch_size
+        if gb % jax.process_count():
+            raise ValueError(f"train.global_batch_size={gb} must divide over "
+                             f"{jax.process_count()} processes")
+        probe = self._loader(self.train_source, shuffle=True, epochs=None)
+        self.num_examples = probe.num_examples
+        self.steps_per_epoch = probe.steps_per_epoch
+        self._train = probe
+
+    def pcfg(self, shuffle: bool, epochs, drop_remainder: bool = True) -> pipeline.PipelineConfig:
+        c, cfg = self.c, self.cfg
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (cfg.text.pad_token_id or 0)
+        return pipeline.PipelineConfig(
+            template=c.data.template, image_size=cfg.vision.image_size, image_mode=c.data.image_mode,
+            image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens,
+            max_images=c.data.max_images, seq_len=c.data.seq_len, prompt_len=c.data.prompt_len,
+            response_len=c.data.response_len, pad_token_id=int(pad),
+            batch_size=c.train.global_batch_size // jax.process_count(), seed=c.seed,
+            shuffle=shuffle, num_epochs=epochs, drop_remainder=drop_remainder,
+            worker_count=c.data.worker_count, sft_mode=c.data.sft_mode,
+            steerlm_format=c.data.steerlm_format, pair_rule=c.data.pair_rule,
+            pair_seed=c.seed, pair_margin=c.data.pair_margin)
+
+    def _loader(self, source, shuffle, epochs, drop_remainder=True, ref=None):
+        return pipeline.make_loader(self.kind, source, self.tokenizer,
+                                    self.pcfg(shuffle, epochs, drop_remainder), ref_logps=ref)
+
+    def train_iterator(self) -> pipeline.Loader:
+        """The endless, shuffled training stream (epochs follow each other seamlessly)."""
+        if self.ref_logps is not None:
+            self._train = self._loader(self.train_source, True, None, ref=self.ref_logps["train"])
+        return self._train
+
+    def eval_iterator(self):
+        """A fresh pass over the whole eval split (last batch padded with weight-0 rows)."""
+        if self.eval_source is None:
+            return iter(())
+        ref = None if self.ref_logps is None else self.ref_logps["eval"]
+        return self._loader(self.eval_source, False, 1, drop_remainder=False, ref=ref)
+
+    def attach_reference_logps(self, run, reference_step) -> None:
+        """The published recipe: reference log-probs computed once, stored in the workdir
+        (`reference_logps.npz`, reused on rerun), then read from the batches."""
+        path = os.path.join(self.c.workdir, "reference_logps.npz")
+        splits = {"train": self.train_source, "eval": self.eval_source}
+        if os.path.exists(path):
+            z = np.load(path)
+            self.ref_logps = {s: {"chosen": z[f"{s}_chosen"], "rejected": z[f"{s}_rejected"]}
+                              for s in splits if f"{s}_chosen" in z}
+            log.info("reference log-probs read from %s", path)
+            return
+        step = jax.jit(reference_step)
+        out = {}
+        for split, source in splits.items():
+            if source is None:
+                continue
+            loader = self._loader(source, False, 1, drop_remainder=False)
+            chosen = np.zeros(loader.num_examples, np.float32)
+            rejected = np.zeros(loader.num_examples, np.float32)
+            from tqdm.auto import tqdm
+            for local in tqdm(loader, total=loader.total_steps, desc=f"reference logps ({split})",
+                              disable=not self.c.train.progress or jax.process_index() != 0):
+                batch = parallel.global_batch(local, run.mesh, run.shardings["rules"])
+                pc, pr = step(batch, run.frozen, run.ref)
+                idx = _gather(batch["example_index"])
+                pc, pr = _gather(pc), _gather(pr)
+                keep = idx >= 0
+                chosen[idx[keep]] = pc[keep]
+                rejected[idx[keep]] = pr[keep]
+            out[f"{split}_chosen"], out[f"{split}_rejected"] = chosen, rejected
+        if jax.process_index() == 0:
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, **out)
+            os.replace(tmp, path)
+        self.ref_logps = {s: {"chosen": out[f"{s}_chosen"], "rejected": out[f"{s}_rejected"]}
+                          for s in splits if f"{s}_chosen" in out}
+
+
+def _gather(x) -> np.ndarray:
+    """A global (possibly multi-host) array as one numpy array on every host."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))

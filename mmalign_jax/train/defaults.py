@@ -1,0 +1,169 @@
+"""The one default training config every method file (`configs/*.py`) starts from.
+
+Each group has the fields a reader of PAPER.md expects; `configs/<method>.py:<preset>`
+changes what the method or the preset needs. `validate()` checks the whole config before
+anything is compiled and says what to change.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+from mmalign_jax import parallel
+
+METHODS = ("sft", "dpo")
+PAPER_PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
+
+
+def base_config(method: str) -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.method = method
+    c.workdir = f"workdir/{method}-demo"
+    c.seed = 0
+
+    c.model = mlc.ConfigDict()
+    c.model.preset = "tiny"            # shapes when no checkpoint is given
+    c.model.hf_checkpoint = ""         # llava-hf folder: weights + config + tokenizer
+    c.model.init_from = ""             # a workdir of ours (e.g. the SFT run) to start from
+    c.model.dtype = "float32"          # compute dtype ("bfloat16" on accelerators)
+    c.model.param_dtype = "float32"    # storage of frozen weights; trained ones stay float32
+    c.model.remat_policy = "none"      # none | full | dots | dots_no_batch
+
+    c.lora = mlc.ConfigDict()
+    c.lora.enabled = True
+    c.lora.rank = 128
+    c.lora.alpha = 256.0
+    c.lora.dropout = 0.05
+    c.lora.target_regex = (r"language_model/layers/(self_attn/(q|k|v|o)_proj|"
+                           r"mlp/(gate|up|down)_proj)")
+
+    c.optim = mlc.ConfigDict()
+    c.optim.lr = 5e-5                  # the LM group (LoRA adapters or full LM)
+    c.optim.projector_lr = 2e-5
+    c.optim.train_projector = True
+    c.optim.train_vision = False
+    c.optim.schedule = "cosine"        # cosine | linear | constant
+    c.optim.warmup_ratio = 0.03
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.clip_norm = 1.0
+
+    c.data = mlc.ConfigDict()
+    c.data.source = "demo"             # demo | tfds (a dir built by `python -m mmalign_jax.data build`)
+    c.data.data_dir = ""
+    c.data.train_split = "train"
+    c.data.eval_split = "eval"
+    c.data.tokenizer = ""              # default: the checkpoint folder, or the demo tokenizer
+    c.data.template = "vicuna_v1"
+    c.data.image_mode = "pad"
+    c.data.max_images = 1
+    c.data.seq_len = 256               # SFT
+    c.data.prompt_len = 128            # DPO: prompt (image tokens included), left padded
+    c.data.response_len = 64           # DPO: each response, right padded
+    c.data.pair_rule = "paper"
+    c.data.pair_margin = 2
+    c.data.sft_mode = "conversation"   # conversation | best (rejection sampling) | steerlm
+    c.data.steerlm_format = "paper"
+    c.data.worker_count = 0
+    c.data.demo = mlc.ConfigDict()
+    c.data.demo.n_train = 2048
+    c.data.demo.n_eval = 128
+    c.data.demo.seed = 0
+
+    c.dpo = mlc.ConfigDict()
+    c.dpo.beta = 0.1
+    c.dpo.loss_type = "sigmoid"        # sigmoid | ipo | hinge | robust
+    c.dpo.label_smoothing = 0.0
+    c.dpo.sft_weight = 0.0             # + weight * NLL(chosen) per token (off in the paper)
+    c.dpo.logp_reduction = "sum"       # sum (paper) | mean
+    c.dpo.reference = "online"         # online | precomputed
+
+    c.train = mlc.ConfigDict()
+    c.train.global_batch_size = 128
+    c.train.micro_batch_size = 0       # 0: whole global batch at once; else accumulate
+    c.train.num_epochs = 3
+    c.train.max_steps = 0              # > 0 overrides num_epochs
+    c.train.log_every = 10
+    c.train.eval_every = 100
+    c.train.eval_batches = 0           # 0: the whole eval split
+    c.train.checkpoint_every = 200
+    c.train.keep_checkpoints = 2
+    c.train.async_checkpointing = True
+    c.train.export_hf = ""             # folder for a merged transformers checkpoint at the end
+    c.train.progress = True
+
+    c.mesh = mlc.ConfigDict()
+    c.mesh.shape = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.rules = parallel.DEFAULT_RULES
+    return c
+
+
+def apply_paper_preset(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
+    """The published recipe (PAPER.md): LoRA r128/α256, projector 2e-5, frozen CLIP, bf16."""
+    c.model.preset = preset
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "bfloat16"
+    c.model.remat_policy = "full"
+    c.workdir = f"workdir/{c.method}-{preset}"
+    c.data.source = "tfds"
+    c.data.image_mode = "pad"
+    c.data.template = "vicuna_v1"
+    c.data.worker_count = 8
+    c.train.global_batch_size = 128
+    c.train.micro_batch_size = 8
+    c.train.num_epochs = 3
+    c.train.log_every = 1
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 50
+    c.mesh.shape = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    return c
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(c: mlc.ConfigDict, n_devices: int) -> None:
+    """Fail before compiling anything, with a sentence that says what to change."""
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    need(c.method in METHODS, f"method {c.method!r} is not one of {METHODS}")
+    need(c.data.source in ("demo", "tfds"),
+         f"data.source {c.data.source!r}: use 'demo' or 'tfds' (build one with "
+         "`python -m mmalign_jax.data build`)")
+    if c.data.source == "tfds":
+        need(bool(c.data.data_dir), "data.source='tfds' needs --config.data.data_dir=DIR "
+             "(made by `python -m mmalign_jax.data build`)")
+    if c.model.preset in PAPER_PRESETS:
+        need(bool(c.model.hf_checkpoint or c.model.init_from),
+             f"preset {c.model.preset} trains a real model: pass "
+             "--config.model.hf_checkpoint=/path/to/llava-hf folder")
+    need(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype: float32|bfloat16|float16")
+    need(c.model.remat_policy in ("none", "full", "dots", "dots_no_batch"),
+         "model.remat_policy must be none|full|dots|dots_no_batch")
+    need(c.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule: cosine|linear|constant")
+    need(0 <= c.optim.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
+    need(c.lora.enabled or c.optim.lr > 0, "optim.lr must be > 0")
+    if c.lora.enabled:
+        need(c.lora.rank > 0 and c.lora.alpha > 0, "lora.rank and lora.alpha must be > 0")
+        need(0 <= c.lora.dropout < 1, "lora.dropout must be in [0, 1)")
+    if c.method == "dpo":
+        need(c.dpo.beta > 0, "dpo.beta must be > 0 (the paper uses 0.1)")
+        need(c.dpo.loss_type in ("sigmoid", "ipo", "hinge", "robust"),
+             "dpo.loss_type must be sigmoid|ipo|hinge|robust")
+        need(c.dpo.reference in ("online", "precomputed"), "dpo.reference: online|precomputed")
+        need(c.dpo.logp_reduction in ("sum", "mean"), "dpo.logp_reduction: sum|mean")
+        need(c.data.prompt_len > 0 and c.data.response_len > 1, "data.prompt_len/response_len must be > 0")
+    need(c.data.sft_mode in ("conversation", "best", "steerlm"),
+         "data.sft_mode must be conversation|best|steerlm")
+    sizes = parallel.mesh_shape(dict(c.mesh.shape), n_devices)
+    dp = sizes[0] * sizes[1]
+    gb = c.train.global_batch_size
+    mb = c.train.micro_batch_size or gb
+    need(gb % mb == 0, f"train.global_batch_size={gb} is not a multiple of train.micro_batch_size={mb}")
+    need(mb % dp == 0, f"the micro-batch ({mb}) must divide over the data-parallel devices "
+         f"(data×fsdp = {dp}): change train.micro_batch_size or mesh.shape")
+    need(c.train.max_steps > 0 or c.train.num_epochs > 0, "set train.num_epochs or train.max_steps")

@@ -1,0 +1,408 @@
+"""The training loop shared by every method: set up, compile once, iterate, log, checkpoint.
+
+What differs between SFT and DPO lives in `steps.py` (loss, metrics) and in the data
+pipeline (batch layout); this file only wires them together.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from mmalign_jax import parallel
+from mmalign_jax.models import config as config_lib
+from mmalign_jax.models import llava as llava_lib
+from mmalign_jax.models import lora as lora_lib
+from mmalign_jax.models import presets
+from mmalign_jax.train import checkpoint as ckpt_lib
+from mmalign_jax.train import data as data_lib
+from mmalign_jax.train import defaults
+from mmalign_jax.train import metrics as metrics_lib
+from mmalign_jax.train import state as state_lib
+from mmalign_jax.train import steps as steps_lib
+
+log = logging.getLogger("mmalign_jax.train")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------ model set-up
+
+def model_config(c) -> config_lib.LlavaConfig:
+    if c.model.hf_checkpoint:
+        cfg = presets.from_hf_config(os.path.join(c.model.hf_checkpoint, "config.json"))
+    else:
+        cfg = presets.get_preset(c.model.preset)
+    lora = None
+    if c.lora.enabled:
+        lora = config_lib.LoraConfig(rank=c.lora.rank, alpha=float(c.lora.alpha),
+                                     dropout=float(c.lora.dropout), target_regex=c.lora.target_regex)
+    return cfg.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+                       remat_policy=c.model.remat_policy, lora=lora)
+
+
+def mesh_context(mesh, rules):
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh)
+    stack.enter_context(nn.logical_axis_rules(rules))
+    return stack
+
+
+def base_params(c, cfg, shardings):
+    """Base weights, placed straight onto their shardings: a llava-hf folder, a previous run of
+    ours (`model.init_from`, its trained parts merged in) or a seeded random init."""
+    if c.model.init_from:
+        return params_from_run(c.model.init_from, cfg, shardings)
+    if c.model.hf_checkpoint:
+        from mmalign_jax import convert
+        _, params = convert.load_hf_llava(c.model.hf_checkpoint, dtype=cfg.param_dtype,
+                                          sharding=shardings)
+        return params
+    init = jax.jit(lambda key: llava_lib.init_params(cfg, key), out_shardings=shardings)
+    return init(jax.random.PRNGKey(c.seed))
+
+
+def params_from_run(workdir: str, cfg, shardings):
+    """Rebuild the final model of an earlier run: its base weights + trained variables
+    (LoRA merged), so a DPO run can start from the SFT run's result."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model.init_from={workdir!r}: no config.json there; point it at "
+                                "the workdir of a finished `python -m mmalign_jax.train` run")
+    import ml_collections as mlc
+    prev = mlc.ConfigDict(json.load(open(path)))
+    prev_cfg = model_config(prev)
+    params = base_params(prev, prev_cfg, shardings)
+    groups = state_lib.param_groups(prev)
+    variables = {"params": params}
+    if prev_cfg.lora is not None:
+        variables["lora"] = lora_lib.init_lora(prev_cfg, params, jax.random.PRNGKey(0))
+    trainable, _ = state_lib.split(variables, groups)
+    trained = ckpt_lib.restore_trainable(workdir, trainable)
+    variables = state_lib.merge(variables, trained)
+    params = variables["params"]
+    if prev_cfg.lora is not None:
+        params = lora_lib.merge(prev_cfg, params, variables["lora"])
+    return jax.tree.map(lambda x, s: jax.device_put(x.astype(cfg.param_dtype), s), params, shardings)
+
+
+# --------------------------------------------------------------------------------- the loop
+
+@dataclasses.dataclass
+class Run:
+    """Everything `train()` builds; tests and the benchmark reuse the pieces."""
+    c: object
+    cfg: config_lib.LlavaConfig
+    mesh: object
+    model: llava_lib.Llava
+    state: state_lib.TrainState
+    frozen: dict
+    ref: dict | None
+    shardings: dict
+    total_steps: int
+
+
+def build(c, *, total_steps: int) -> Run:
+    """Model, sharded variables and optimizer state (no data, no compilation)."""
+    cfg = model_config(c)
+    mesh = parallel.make_mesh(dict(c.mesh.shape))
+    rules = tuple(tuple(r) for r in c.mesh.rules)
+    model = llava_lib.Llava(cfg)
+    with mesh_context(mesh, rules):
+        p_specs = llava_lib.param_logical_specs(cfg)
+        p_shapes = jax.eval_shape(lambda: llava_lib.init_params(cfg, jax.random.PRNGKey(0)))
+        p_sh = parallel.tree_shardings(p_specs, rules, mesh, p_shapes)
+        params = base_params(c, cfg, p_sh)
+        variables = {"params": params}
+        shardings = {"params": p_sh}
+        if cfg.lora is not None:
+            l_specs = lora_lib.lora_logical_specs(cfg)
+            l_shapes = jax.eval_shape(lambda: lora_lib.init_lora(cfg, p_shapes, jax.random.PRNGKey(0)))
+            l_sh = parallel.tree_shardings(l_specs, rules, mesh, l_shapes)
+            variables["lora"] = jax.jit(lambda p, k: lora_lib.init_lora(cfg, p, k),
+                                        out_shardings=l_sh)(params, jax.random.PRNGKey(c.seed + 1))
+            shardings["lora"] = l_sh
+        groups = state_lib.param_groups(c)
+        trainable, frozen = state_lib.split(variables, groups)
+        if not jax.tree.leaves(trainable):
+            raise defaults.ConfigError("nothing is trainable: enable LoRA, optim.train_projector "
+                                       "or full fine-tuning (lora.enabled=False)")
+        # fp32 master weights for what is trained; frozen weights keep param_dtype.
+        trainable = state_lib.cast_tree(trainable, jnp.float32)
+        tr_sh, frozen_sh = state_lib.split(shardings, groups)
+        ref = None
+        if c.method == "dpo" and c.dpo.reference == "online":
+            # The reference keeps the initial values of trained base weights (not LoRA).
+            ref = jax.tree.map(lambda x: x.astype(cfg.param_dtype),
+                               {k: v for k, v in trainable.items() if k != "lora"})
+            ref = jax.tree.map(jnp.copy, ref)
+        tx = state_lib.make_optimizer(c, groups, trainable, total_steps)
+        opt_shapes = jax.eval_shape(tx.init, trainable)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        opt_sh = opt_state_shardings(opt_shapes, tr_sh, replicated)
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
+        state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                                     opt_state=opt_state, rng=jax.random.PRNGKey(c.seed + 2), tx=tx)
+        state_sh = state_lib.TrainState(step=replicated, trainable=tr_sh, opt_state=opt_sh,
+                                        rng=replicated, tx=tx)
+    ref_sh = None if ref is None else {k: frozen_sh.get(k, tr_sh.get(k)) for k in ref}
+    if ref is not None:
+        ref_sh = state_lib.split(shardings, groups)[0]
+        ref_sh = {k: v for k, v in ref_sh.items() if k != "lora"}
+    return Run(c=c, cfg=cfg, mesh=mesh, model=model, state=state, frozen=frozen, ref=ref,
+               shardings={"state": state_sh, "frozen": frozen_sh, "ref": ref_sh,
+                          "replicated": replicated, "rules": rules},
+               total_steps=total_steps)
+
+
+def opt_state_shardings(opt_shapes, param_shardings, replicated):
+    """Optimizer moments take the sharding of the parameter they belong to (found by the
+    parameter's dict-key path inside the optimizer state); counters are replicated."""
+    by_path = {tuple(k.key for k in path): sh for path, sh in
+               jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+    def pick(path, leaf):
+        keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        for start in range(len(keys)):
+            sh = by_path.get(keys[start:])
+            if sh is not None and len(sh.spec) <= len(leaf.shape):
+                return sh
+        return replicated
+    return jax.tree_util.tree_map_with_path(pick, opt_shapes)
+
+
+def loss_fn_for(run: Run):
+    if run.c.method == "sft":
+        return steps_lib.sft_loss_fn(run.model, run.c)
+    return steps_lib.dpo_loss_fn(run.model, run.c)
+
+
+class CompiledStep:
+    """AOT-compiled step per batch shape (one shape unless the pipeline buckets lengths)."""
+
+    def __init__(self, fn, run: Run, donate: bool, kind: str):
+        self.run, self.kind, self.cache = run, kind, {}
+        self.fn = fn
+        self.donate = donate
+        self.compile_seconds = 0.0
+        self.memory = None
+
+    def _key(self, batch):
+        return tuple(sorted((k, v.shape) for k, v in batch.items()))
+
+    def __call__(self, first, batch, *rest):
+        key = self._key(batch)
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            with mesh_context(self.run.mesh, self.run.shardings["rules"]):
+                compiled = self.fn.lower(first, batch, *rest).compile()
+            self.compile_seconds += time.perf_counter() - t0
+            try:
+                self.memory = compiled.memory_analysis()
+            except Exception:  # not every backend reports it
+                self.memory = None
+            self.cache[key] = compiled
+            log.info("compiled %s step for %s in %.1fs", self.kind,
+                     {k: v.shape for k, v in batch.items()}, time.perf_counter() - t0)
+        return self.cache[key](first, batch, *rest)
+
+
+def jit_steps(run: Run, batch_like: dict):
+    n_micro = run.c.train.global_batch_size // (run.c.train.micro_batch_size or run.c.train.global_batch_size)
+    sh = run.shardings
+    loss_fn = loss_fn_for(run)
+    groups = state_lib.param_groups(run.c)
+    lr_fn = state_lib.schedule(run.c, next(g.lr for g in groups if g.name == "lm"), run.total_steps)
+    batch_sh = {k: parallel.batch_sharding(run.mesh, sh["rules"], v.ndim) for k, v in batch_like.items()}
+    train = jax.jit(steps_lib.make_train_step(loss_fn, n_micro, lr_fn),
+                    in_shardings=(sh["state"], batch_sh, sh["frozen"], sh["ref"]),
+                    out_shardings=(sh["state"], sh["replicated"]), donate_argnums=(0,))
+    evaluate = jax.jit(steps_lib.make_eval_step(loss_fn, n_micro),
+                       in_shardings=(sh["state"].trainable, batch_sh, sh["frozen"], sh["ref"]),
+                       out_shardings=sh["replicated"])
+    return CompiledStep(train, run, True, "train"), CompiledStep(evaluate, run, False, "eval")
+
+
+def _summarise_eval(denom, sums) -> dict:
+    out = {f"eval/{k}": v / max(denom, 1.0) for k, v in sums.items() if k != "tokens"}
+    return out
+
+
+def run_eval(run: Run, eval_step, loader_factory, max_batches: int) -> dict:
+    denom, sums = 0.0, {}
+    for i, local in enumerate(loader_factory()):
+        if max_batches and i >= max_batches:
+            break
+        batch = parallel.global_batch(local, run.mesh, run.shardings["rules"])
+        d, s = jax.device_get(eval_step(run.state.trainable, batch, run.frozen, run.ref))
+        denom += float(d)
+        for k, v in s.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return _summarise_eval(denom, sums)
+
+
+def train(c) -> dict:
+    """Run (or resume) the training described by config `c`; returns the final summary."""
+    parallel.maybe_initialize_distributed()
+    defaults.validate(c, jax.device_count())
+    os.makedirs(c.workdir, exist_ok=True)
+    t_start = time.perf_counter()
+    if jax.process_index() == 0:
+        with open(os.path.join(c.workdir, "config.json"), "w") as f:
+            f.write(c.to_json_best_effort(indent=2))
+
+    cfg = model_config(c)
+    data = data_lib.TrainData(c, cfg)
+    steps_per_epoch = data.steps_per_epoch
+    total_steps = c.train.max_steps or c.train.num_epochs * steps_per_epoch
+    run = build(c, total_steps=total_steps)
+    log.info("model %s: %.2fM trainable / %.2fM frozen parameters; mesh %s; %d steps (%d/epoch)",
+             c.model.preset if not c.model.hf_checkpoint else c.model.hf_checkpoint,
+             _count(run.state.trainable) / 1e6, _count(run.frozen) / 1e6, dict(run.mesh.shape),
+             total_steps, steps_per_epoch)
+
+    ckpt = ckpt_lib.Checkpointer(c.workdir, c.train.keep_checkpoints, c.train.checkpoint_every,
+                                 c.train.async_checkpointing)
+    writer = metrics_lib.MetricWriter(c.workdir)
+
+    if c.method == "dpo" and c.dpo.reference == "precomputed":
+        data.attach_reference_logps(run, steps_lib.make_reference_step(run.model))
+        run.ref = None
+        run.shardings["ref"] = None
+
+    train_iter = data.train_iterator()
+    start = ckpt.latest_step()
+    if start is not None:
+        run.state = ckpt.restore(run.state, train_iter, start)
+        writer.truncate_after(start)
+        log.info("resumed from %s at step %d", ckpt.directory, start)
+    start = int(run.state.step)
+
+    first = next(train_iter)
+    train_step, eval_step = jit_steps(run, first)
+    info = {"compile_seconds": None, "memory": None}
+    progress = _progress(c, total_steps, start)
+    last_metrics, history_time = {}, time.perf_counter()
+    local = first
+    step = start
+    try:
+        while step < total_steps:
+            if local is None:
+                local = next(train_iter)
+            batch = parallel.global_batch(local, run.mesh, run.shardings["rules"])
+            local = None
+            t0 = time.perf_counter()
+            run.state, metrics = train_step(run.state, batch, run.frozen, run.ref)
+            metrics = jax.device_get(metrics)
+            dt = time.perf_counter() - t0
+            step += 1
+            if info["compile_seconds"] is None:
+                info = _report_compile(c, train_step)
+            if not bool(metrics.pop("finite")):
+                raise TrainingDiverged(
+                    f"step {step}: loss={metrics['loss']} grad_norm={metrics['grad_norm']} is not "
+                    f"finite; the update was not applied and the last good checkpoint "
+                    f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower optim.lr, "
+                    "check the data (empty responses?) or use model.dtype=float32.")
+            metrics["tokens_per_s"] = metrics.pop("tokens") * jax.process_count() / max(dt, 1e-9)
+            metrics["epoch"] = step / max(steps_per_epoch, 1)
+            last_metrics = metrics
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(_postfix(metrics), refresh=False)
+            if step % c.train.log_every == 0 or step == total_steps:
+                writer.write(step, metrics)
+            if c.train.eval_every and (step % c.train.eval_every == 0 or step == total_steps):
+                ev = run_eval(run, eval_step, data.eval_iterator, c.train.eval_batches)
+                writer.write(step, ev)
+                last_metrics.update(ev)
+                if progress is not None:
+                    progress.write(f"step {step}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in ev.items()))
+            ckpt.save(step, run.state, train_iter, force=step == total_steps)
+        ckpt.wait()
+    finally:
+        if progress is not None:
+            progress.close()
+        ckpt.close()
+        writer.close()
+
+    summary = {"steps": step, "seconds": time.perf_counter() - t_start, **info,
+               **{k: float(v) for k, v in last_metrics.items()}}
+    if jax.process_index() == 0:
+        png = metrics_lib.plot_curves(writer.path, os.path.join(c.workdir, "curves.png"))
+        summary["plot"] = png
+        with open(os.path.join(c.workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+        _print_summary(c, summary)
+    if c.train.export_hf:
+        export_hf(run, c.train.export_hf, data.tokenizer_dir)
+    return summary
+
+
+def export_hf(run: Run, out_dir: str, tokenizer_dir: str | None):
+    from mmalign_jax import convert
+    variables = state_lib.merge(run.frozen, jax.device_get(run.state.trainable))
+    convert.save_hf_llava(run.cfg, variables["params"], out_dir, lora=variables.get("lora"),
+                          tokenizer_dir=tokenizer_dir)
+    log.info("exported a transformers checkpoint to %s", out_dir)
+
+
+def _count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _progress(c, total, start):
+    if not c.train.progress or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, desc=c.method, dynamic_ncols=True)
+
+
+def _postfix(m):
+    out = {"loss": f"{m['loss']:.4f}"}
+    if "rewards/accuracy" in m:
+        out["acc"] = f"{m['rewards/accuracy']:.2f}"
+    out["tok/s"] = f"{m['tokens_per_s']:.0f}"
+    return out
+
+
+def _report_compile(c, step: CompiledStep) -> dict:
+    mem = step.memory
+    info = {"compile_seconds": round(step.compile_seconds, 2), "memory": None}
+    if mem is not None:
+        info["memory"] = {k: int(getattr(mem, k)) for k in (
+            "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes") if hasattr(mem, k)}
+    gib = {k: f"{v / 2**30:.3f} GiB" for k, v in (info["memory"] or {}).items()}
+    log.info("train step compiled in %.1fs; memory per device: %s", step.compile_seconds, gib or "n/a")
+    if jax.process_index() == 0:
+        with open(os.path.join(c.workdir, "compile.json"), "w") as f:
+            json.dump(info, f, indent=2)
+    return info
+
+
+def _print_summary(c, s):
+    keys = [k for k in ("loss", "rewards/accuracy", "rewards/margin", "eval/loss",
+                        "eval/rewards/accuracy", "eval/rewards/margin", "tokens_per_s") if k in s]
+    lines = [f"{c.method} finished: {s['steps']} steps in {s['seconds']:.0f}s "
+             f"(compile {s.get('compile_seconds')}s)"]
+    lines += [f"  {k:24s} {s[k]:.4f}" for k in keys]
+    lines += [f"  metrics: {os.path.join(c.workdir, 'metrics.jsonl')}",
+              f"  curves:  {s.get('plot')}"]
+    print("\n".join(lines), flush=True)
+
+
+def _isfinite(x) -> bool:
+    return math.isfinite(float(x))

@@ -1,0 +1,216 @@
+"""Pure step functions: SFT and DPO differ only in the forward/loss; the step is shared.
+
+A loss function maps (variables, micro-batch, rng) to a weighted *sum* and sums of metrics;
+`make_train_step` accumulates them over micro-batches and divides by the global denominator
+(tokens for SFT, pairs for DPO), so accumulation equals one big batch exactly.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from mmalign_jax import objectives
+from mmalign_jax.models import llava as llava_lib
+from mmalign_jax.train import state as state_lib
+
+Llava = llava_lib.Llava
+
+
+# ---------------------------------------------------------------------------------- forwards
+
+def sft_token_logps(model, variables, batch, rng=None, deterministic=True):
+    """log p of every target token: logits[t] predicts input_ids[t + 1]."""
+    rngs = {} if rng is None else {"dropout": rng}
+    logits = model.apply(variables, batch["input_ids"], batch.get("pixel_values"),
+                         batch["attention_mask"], image_mask=batch.get("image_mask"),
+                         deterministic=deterministic, rngs=rngs)
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["target_mask"][:, 1:] & (batch["attention_mask"][:, 1:] > 0)
+    return objectives.token_logps(logits[:, :-1], labels), mask
+
+
+def dpo_response_logps(model, variables, batch, rng=None, deterministic=True):
+    """(chosen, rejected) summed log-probs and token counts, sharing the prompt.
+
+    The image is encoded once and the prompt decoded once into a KV cache that both
+    responses attend to; the LM head and log-softmax run only at response positions.
+    """
+    rngs = {} if rng is None else {"dropout": rng}
+    kw = dict(rngs=rngs)
+    cfg = model.cfg
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    b, p = prompt_ids.shape
+    r = batch["chosen_ids"].shape[1]
+    pixel_values = batch.get("pixel_values")
+    feats = None
+    if pixel_values is not None:
+        feats = model.apply(variables, pixel_values, method=Llava.encode_images, **kw)
+    embeds = model.apply(variables, prompt_ids, feats, batch.get("image_mask"),
+                         method=Llava.embed, **kw)
+    cache = llava_lib.init_cache(cfg, b, p + r, embeds.dtype)
+    slot_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, r), prompt_mask.dtype)], axis=1)
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    hidden_p, cache = model.apply(variables, embeds, slot_mask, positions, cache,
+                                  deterministic=deterministic, method=Llava.decode, **kw)
+
+    def twice(x):
+        return jnp.concatenate([x, x], axis=0)
+
+    resp_ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
+    resp_mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
+    cache = {**cache, "k": jnp.concatenate([cache["k"]] * 2, axis=1),  # [L, 2B, S, K, Dh]
+             "v": jnp.concatenate([cache["v"]] * 2, axis=1)}
+    resp_embeds = model.apply(variables, resp_ids, None, None, method=Llava.embed, **kw)
+    prompt_len = prompt_mask.sum(axis=1, keepdims=True)
+    resp_positions = twice(prompt_len) + jnp.arange(r)[None, :]
+    hidden_r, _ = model.apply(variables, resp_embeds,
+                              jnp.concatenate([twice(prompt_mask), resp_mask], axis=1),
+                              resp_positions, cache, deterministic=deterministic,
+                              method=Llava.decode, **kw)
+    # Response token j is predicted by the hidden state one slot earlier: the last prompt
+    # slot for j = 0 (prompts are left padded, so it is always slot p - 1).
+    h = jnp.concatenate([twice(hidden_p[:, -1:]), hidden_r[:, :-1]], axis=1)
+    logits = model.apply(variables, h, method=Llava.lm_logits, **kw)
+    logps, n = objectives.sequence_logps(logits, resp_ids, resp_mask)
+    return logps[:b], logps[b:], n[:b], n[b:]
+
+
+# ------------------------------------------------------------------------------------ losses
+# loss(variables, ref_variables, batch, rng, deterministic) -> (weighted sum, denominator,
+# metric sums). `ref_variables` are the frozen weights with the *initial* values of what is
+# trained and no LoRA: the reference policy without a second copy of the frozen weights.
+
+def sft_loss_fn(model, c):
+    del c
+
+    def loss(variables, ref_variables, batch, rng, deterministic=False):
+        del ref_variables
+        logps, mask = sft_token_logps(model, variables, batch, rng, deterministic)
+        w = batch["weight"][:, None] * mask
+        total = -(logps * w).sum()
+        n_tokens = w.sum()
+        return total, n_tokens, {"loss": total, "tokens": n_tokens}
+    return loss
+
+
+def reduce_logps(c, logps, n):
+    return logps / jnp.maximum(n, 1.0) if c.dpo.logp_reduction == "mean" else logps
+
+
+def dpo_loss_fn(model, c):
+    """Online reference when `ref_variables` is given, else `ref_*_logps` from the batch."""
+    def loss(variables, ref_variables, batch, rng, deterministic=False):
+        pc, pr, nc, nr = dpo_response_logps(model, variables, batch, rng, deterministic)
+        if ref_variables is None:
+            rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        else:
+            rc, rr, _, _ = dpo_response_logps(model, ref_variables, batch, None, True)
+        rc, rr = jax.lax.stop_gradient(rc), jax.lax.stop_gradient(rr)
+        losses, cr, rj = objectives.dpo_loss(
+            reduce_logps(c, pc, nc), reduce_logps(c, pr, nr), reduce_logps(c, rc, nc),
+            reduce_logps(c, rr, nr), beta=c.dpo.beta, loss_type=c.dpo.loss_type,
+            label_smoothing=c.dpo.label_smoothing)
+        if c.dpo.sft_weight:
+            losses = losses + c.dpo.sft_weight * (-pc / jnp.maximum(nc, 1.0))
+        w = batch["weight"]
+        total = (losses * w).sum()
+        sums = {
+            "loss": total,
+            "rewards/chosen": (cr * w).sum(),
+            "rewards/rejected": (rj * w).sum(),
+            "rewards/accuracy": ((cr > rj) * w).sum(),
+            "rewards/margin": ((cr - rj) * w).sum(),
+            "logps/chosen": (pc * w).sum(),
+            "logps/rejected": (pr * w).sum(),
+            "tokens": ((nc + nr) * w).sum() + (batch["prompt_mask"].sum(1) * w).sum(),
+        }
+        return total, w.sum(), sums
+    return loss
+
+
+def make_reference_step(model):
+    """(batch, frozen, ref) → reference (chosen, rejected) summed log-probs, for precomputing."""
+    def step(batch, frozen, ref):
+        pc, pr, _, _ = dpo_response_logps(model, state_lib.merge(frozen, ref), batch, None, True)
+        return pc, pr
+    return step
+
+
+# ------------------------------------------------------------------------------------- steps
+
+def _split_micro(batch, n_micro: int):
+    """[G, ...] → [n_micro, G / n_micro, ...] taking every n_micro-th row, so each device
+    keeps its own rows (no cross-device shuffle for the reshape)."""
+    def f(x):
+        x = x.reshape((x.shape[0] // n_micro, n_micro) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+    return jax.tree.map(f, batch)
+
+
+def accumulate(loss_fn, frozen, ref, trainable, batch, rng, n_micro: int, with_grad: bool):
+    """Sum losses, denominators, metric sums (and grads) over micro-batches."""
+    ref_variables = None if ref is None else state_lib.merge(frozen, ref)
+
+    def one(tr, mb, key):
+        total, denom, sums = loss_fn(state_lib.merge(frozen, tr), ref_variables, mb, key,
+                                     not with_grad)
+        return total, (denom, sums)
+
+    micro = _split_micro(batch, n_micro)
+    keys = jax.random.split(rng, n_micro)
+
+    def body(carry, inp):
+        mb, key = inp
+        if with_grad:
+            (_, (denom, sums)), grads = jax.value_and_grad(one, has_aux=True)(trainable, mb, key)
+            acc_grads, acc_denom, acc_sums = carry
+            return (jax.tree.map(jnp.add, acc_grads, grads), acc_denom + denom,
+                    jax.tree.map(jnp.add, acc_sums, sums)), None
+        _, (denom, sums) = one(trainable, mb, key)
+        acc_denom, acc_sums = carry
+        return (acc_denom + denom, jax.tree.map(jnp.add, acc_sums, sums)), None
+
+    sums0 = jax.eval_shape(lambda: one(trainable, jax.tree.map(lambda x: x[0], micro), keys[0])[1][1])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
+    if with_grad:
+        init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32), zeros)
+    else:
+        init = (jnp.zeros((), jnp.float32), zeros)
+    carry, _ = jax.lax.scan(body, init, (micro, keys))
+    return carry
+
+
+def make_train_step(loss_fn, n_micro: int, lr_fn: Callable):
+    """step(state, batch, frozen, ref) → (state, metrics). `ref` is None for precomputed
+    reference log-probs. The update is skipped (state kept) when the loss or the gradient
+    norm is not finite; `finite` in the metrics reports it."""
+    def step(state: state_lib.TrainState, batch, frozen, ref):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grads, denom, sums = accumulate(loss_fn, frozen, ref, state.trainable, batch, rng,
+                                        n_micro, True)
+        denom = jnp.maximum(denom, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grad_norm = _global_norm(grads)
+        metrics = {k: v / denom for k, v in sums.items() if k != "tokens"}
+        metrics["tokens"] = sums["tokens"]
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        new = state.apply_gradients(grads)
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        metrics.update(grad_norm=grad_norm, lr=lr_fn(state.step), finite=finite)
+        return new, metrics
+    return step
+
+
+def make_eval_step(loss_fn, n_micro: int):
+    """(trainable, batch, frozen, ref) → (denominator, metric sums); the host divides after
+    summing over the whole eval split."""
+    def step(trainable, batch, frozen, ref):
+        return accumulate(loss_fn, frozen, ref, trainable, batch, jax.random.key(0), n_micro, False)
+    return step
+
+
+def _global_norm(tree):
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
