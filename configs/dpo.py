@@ -10,13 +10,16 @@ from mmalign_jax.train import defaults
 def get_config(preset: str = "demo"):
     c = defaults.base_config("dpo")
     if preset == "demo":
+        # Start from the demo SFT model (trained first in <workdir>/sft), as the paper starts
+        # DPO from LLaVA-1.5; then LoRA + projector with DPO on the scored candidates.
+        pass  # DEMO_SFT_PENDING
         c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
         c.optim.lr = 2e-3
         c.optim.projector_lr = 2e-3
         c.optim.warmup_ratio = 0.05
         c.dpo.beta = 0.1
         c.data.prompt_len = 112
-        c.data.response_len = 48
+        c.data.response_len = 64
         c.train.global_batch_size = 16
         c.train.num_epochs = 0
         c.train.max_steps = 300

@@ -10,18 +10,7 @@ from mmalign_jax.train import defaults
 def get_config(preset: str = "demo"):
     c = defaults.base_config("sft")
     if preset == "demo":
-        c.lora.enabled = False        # the demo model starts from random weights: train it all
-        c.optim.lr = 2e-3
-        c.optim.projector_lr = 2e-3
-        c.optim.train_vision = True
-        c.optim.warmup_ratio = 0.05
-        c.data.seq_len = 160
-        c.train.global_batch_size = 32
-        c.train.num_epochs = 0
-        c.train.max_steps = 300
-        c.train.log_every = 10
-        c.train.eval_every = 50
-        c.train.checkpoint_every = 100
+        defaults.apply_demo_sft(c)   # the tiny model from random weights: train it all
     elif preset in defaults.PAPER_PRESETS:
         defaults.apply_paper_preset(c, preset)
         c.optim.lr = 4e-4

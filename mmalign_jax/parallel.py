@@ -60,6 +60,19 @@ def mesh_shape(shape: Mapping[str, int], n_devices: int | None = None) -> tuple[
     return tuple(sizes)
 
 
+def mesh_devices(num_devices: int = 0) -> list:
+    """Every device (0), or the first `num_devices` of this single process (tests, benchmarks)."""
+    devices = jax.devices()
+    if not num_devices or num_devices == len(devices):
+        return devices
+    if not 0 < num_devices <= len(devices):
+        raise ValueError(f"num_devices={num_devices}: {len(devices)} devices are available")
+    if jax.process_count() > 1:
+        raise ValueError(f"num_devices={num_devices} < {len(devices)} needs a single process; "
+                         "use every device (0) with several processes")
+    return devices[:num_devices]
+
+
 def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     devices = list(devices) if devices is not None else jax.devices()
     sizes = mesh_shape(shape, len(devices))

@@ -17,8 +17,13 @@ from mmalign_jax.data import pipeline
 class Checkpointer:
     def __init__(self, workdir: str, keep: int, every: int, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        # Every `every` steps (and on preemption); not orbax's default extra save of the
+        # first step. The last step is saved with force=True.
+        policy = ocp.checkpoint_managers.AnySavePolicy([
+            ocp.checkpoint_managers.FixedIntervalPolicy(max(every, 1)),
+            ocp.checkpoint_managers.PreemptionCheckpointingPolicy()])
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=max(every, 1), create=True,
+            max_to_keep=keep, save_decision_policy=policy, create=True,
             enable_async_checkpointing=async_save)
         pipeline.checkpoint_args  # the data item's args/handler are registered on first use
         self.manager = ocp.CheckpointManager(self.directory, options=options)

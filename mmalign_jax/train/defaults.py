@@ -6,6 +6,7 @@ anything is compiled and says what to change.
 """
 from __future__ import annotations
 
+import jax
 import ml_collections as mlc
 
 from mmalign_jax import parallel
@@ -67,8 +68,8 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.data.steerlm_format = "paper"
     c.data.worker_count = 0
     c.data.demo = mlc.ConfigDict()
-    c.data.demo.n_train = 2048
-    c.data.demo.n_eval = 128
+    c.data.demo.n_train = 4096
+    c.data.demo.n_eval = 256
     c.data.demo.seed = 0
 
     c.dpo = mlc.ConfigDict()
@@ -95,8 +96,45 @@ def base_config(method: str) -> mlc.ConfigDict:
 
     c.mesh = mlc.ConfigDict()
     c.mesh.shape = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.num_devices = 0             # 0: every device; N: the first N (one process only)
     c.mesh.rules = parallel.DEFAULT_RULES
     return c
+
+
+def apply_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """The tiny model learns the demo task from scratch: full fine-tuning, vision included."""
+    c.lora.enabled = False
+    c.optim.lr = 2e-3
+    c.optim.projector_lr = 2e-3
+    c.optim.train_vision = True
+    c.optim.warmup_ratio = 0.05
+    c.data.seq_len = 160
+    c.data.train_split = "sft_train"
+    c.data.eval_split = "sft_eval"
+    c.train.global_batch_size = 32
+    c.train.num_epochs = 0
+    c.train.max_steps = 600
+    c.train.log_every = 10
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 200
+    return c
+
+
+# `model.init_from` value that makes a demo run train the demo SFT model first (in
+# <workdir>/sft, skipped once finished) and start from it, as the paper starts from LLaVA.
+DEMO_SFT = "@demo-sft"
+
+
+def demo_sft_stage(c: mlc.ConfigDict, data_dir: str) -> mlc.ConfigDict:
+    s = base_config("sft")
+    apply_demo_sft(s)
+    s.workdir = f"{c.workdir}/sft"
+    s.seed = c.seed
+    s.data.source = "tfds"
+    s.data.data_dir = data_dir
+    s.mesh = c.mesh
+    s.train.progress = c.train.progress
+    return s
 
 
 def apply_paper_preset(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
@@ -137,6 +175,9 @@ def validate(c: mlc.ConfigDict, n_devices: int) -> None:
     if c.data.source == "tfds":
         need(bool(c.data.data_dir), "data.source='tfds' needs --config.data.data_dir=DIR "
              "(made by `python -m mmalign_jax.data build`)")
+    if c.model.init_from == DEMO_SFT:
+        need(c.data.source == "demo", f"model.init_from={DEMO_SFT!r} trains the demo SFT model "
+             "first and needs data.source='demo'; point model.init_from at an SFT workdir instead")
     if c.model.preset in PAPER_PRESETS:
         need(bool(c.model.hf_checkpoint or c.model.init_from),
              f"preset {c.model.preset} trains a real model: pass "
@@ -159,7 +200,16 @@ def validate(c: mlc.ConfigDict, n_devices: int) -> None:
         need(c.data.prompt_len > 0 and c.data.response_len > 1, "data.prompt_len/response_len must be > 0")
     need(c.data.sft_mode in ("conversation", "best", "steerlm"),
          "data.sft_mode must be conversation|best|steerlm")
-    sizes = parallel.mesh_shape(dict(c.mesh.shape), n_devices)
+    num = c.mesh.get("num_devices", 0) or 0
+    need(0 <= num <= n_devices, f"mesh.num_devices={num} but {n_devices} devices are available: "
+         "use 0 (all of them) or a smaller number")
+    need(not num or num == n_devices or jax.process_count() == 1,
+         f"mesh.num_devices={num} < {n_devices} devices is for a single process; with "
+         f"{jax.process_count()} processes use mesh.num_devices=0 (all devices)")
+    try:
+        sizes = parallel.mesh_shape(dict(c.mesh.shape), num or n_devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh.shape: {e}") from None
     dp = sizes[0] * sizes[1]
     gb = c.train.global_batch_size
     mb = c.train.micro_batch_size or gb

@@ -116,7 +116,8 @@ class Run:
 def build(c, *, total_steps: int) -> Run:
     """Model, sharded variables and optimizer state (no data, no compilation)."""
     cfg = model_config(c)
-    mesh = parallel.make_mesh(dict(c.mesh.shape))
+    mesh = parallel.make_mesh(dict(c.mesh.shape),
+                              parallel.mesh_devices(c.mesh.get("num_devices", 0)))
     rules = tuple(tuple(r) for r in c.mesh.rules)
     model = llava_lib.Llava(cfg)
     with mesh_context(mesh, rules):
@@ -142,8 +143,9 @@ def build(c, *, total_steps: int) -> Run:
         trainable = state_lib.cast_tree(trainable, jnp.float32)
         tr_sh, frozen_sh = state_lib.split(shardings, groups)
         ref = None
-        if c.method == "dpo" and c.dpo.reference == "online":
-            # The reference keeps the initial values of trained base weights (not LoRA).
+        if c.method == "dpo":
+            # The reference keeps the initial values of trained base weights (not LoRA);
+            # reference='precomputed' needs them once, for reference_logps.npz.
             ref = jax.tree.map(lambda x: x.astype(cfg.param_dtype),
                                {k: v for k, v in trainable.items() if k != "lora"})
             ref = jax.tree.map(jnp.copy, ref)
@@ -152,8 +154,12 @@ def build(c, *, total_steps: int) -> Run:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         opt_sh = opt_state_shardings(opt_shapes, tr_sh, replicated)
         opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
-        state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                                     opt_state=opt_state, rng=jax.random.PRNGKey(c.seed + 2), tx=tx)
+        # step and rng placed (replicated) on the mesh like the rest of the state: a restore
+        # takes its target's shardings, and the compiled step accepts no others.
+        step, rng = jax.jit(lambda: (jnp.zeros((), jnp.int32), jax.random.PRNGKey(c.seed + 2)),
+                            out_shardings=(replicated, replicated))()
+        state = state_lib.TrainState(step=step, trainable=trainable, opt_state=opt_state,
+                                     rng=rng, tx=tx)
         state_sh = state_lib.TrainState(step=replicated, trainable=tr_sh, opt_state=opt_sh,
                                         rng=replicated, tx=tx)
     ref_sh = None if ref is None else {k: frozen_sh.get(k, tr_sh.get(k)) for k in ref}
@@ -258,7 +264,12 @@ def train(c) -> dict:
     defaults.validate(c, jax.device_count())
     os.makedirs(c.workdir, exist_ok=True)
     t_start = time.perf_counter()
-    if jax.process_index() == 0:
+    if c.model.init_from == defaults.DEMO_SFT:
+        sft = defaults.demo_sft_stage(c, data_lib.demo_data_dir(c))
+        log.info("demo: training (or reusing) the SFT model in %s first", sft.workdir)
+        train(sft)
+        c.model.init_from = sft.workdir
+    if jax.process_index() == 0:  # after resolving init_from: a later run may start from us
         with open(os.path.join(c.workdir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=2))
 
@@ -285,9 +296,17 @@ def train(c) -> dict:
     start = ckpt.latest_step()
     if start is not None:
         run.state = ckpt.restore(run.state, train_iter, start)
-        writer.truncate_after(start)
         log.info("resumed from %s at step %d", ckpt.directory, start)
+    # Rows logged after the checkpoint we continue from (all of them when there is none: a
+    # run stopped before its first checkpoint) are redone, so drop them.
+    writer.truncate_after(start or 0)
     start = int(run.state.step)
+    summary_path = os.path.join(c.workdir, "summary.json")
+    if start >= total_steps and os.path.exists(summary_path):
+        log.info("%s already finished (%d steps): nothing to do", c.workdir, start)
+        ckpt.close()
+        writer.close()
+        return json.load(open(summary_path))
 
     first = next(train_iter)
     train_step, eval_step = jit_steps(run, first)

@@ -90,8 +90,9 @@ def sft_loss_fn(model, c):
         logps, mask = sft_token_logps(model, variables, batch, rng, deterministic)
         w = batch["weight"][:, None] * mask
         total = -(logps * w).sum()
-        n_tokens = w.sum()
-        return total, n_tokens, {"loss": total, "tokens": n_tokens}
+        n_targets = w.sum()
+        seen = (batch["attention_mask"].sum(1) * batch["weight"]).sum()
+        return total, n_targets, {"loss": total, "tokens": seen}
     return loss
 
 
