@@ -2,7 +2,6 @@
 bf16 compute trains with fp32 weights close to the fp32 run."""
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mmalign_jax.models import llava as llava_lib
 from mmalign_jax.train import checkpoint as ckpt_lib
 from mmalign_jax.train import loop
 from mmalign_jax.train import state as state_lib

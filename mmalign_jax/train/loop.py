@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 
@@ -162,10 +161,7 @@ def build(c, *, total_steps: int) -> Run:
                                      rng=rng, tx=tx)
         state_sh = state_lib.TrainState(step=replicated, trainable=tr_sh, opt_state=opt_sh,
                                         rng=replicated, tx=tx)
-    ref_sh = None if ref is None else {k: frozen_sh.get(k, tr_sh.get(k)) for k in ref}
-    if ref is not None:
-        ref_sh = state_lib.split(shardings, groups)[0]
-        ref_sh = {k: v for k, v in ref_sh.items() if k != "lora"}
+    ref_sh = None if ref is None else {k: v for k, v in tr_sh.items() if k != "lora"}
     return Run(c=c, cfg=cfg, mesh=mesh, model=model, state=state, frozen=frozen, ref=ref,
                shardings={"state": state_sh, "frozen": frozen_sh, "ref": ref_sh,
                           "replicated": replicated, "rules": rules},
@@ -312,7 +308,7 @@ def train(c) -> dict:
     train_step, eval_step = jit_steps(run, first)
     info = {"compile_seconds": None, "memory": None}
     progress = _progress(c, total_steps, start)
-    last_metrics, history_time = {}, time.perf_counter()
+    last_metrics = {}
     local = first
     step = start
     try:
@@ -421,7 +417,3 @@ def _print_summary(c, s):
     lines += [f"  metrics: {os.path.join(c.workdir, 'metrics.jsonl')}",
               f"  curves:  {s.get('plot')}"]
     print("\n".join(lines), flush=True)
-
-
-def _isfinite(x) -> bool:
-    return math.isfinite(float(x))

@@ -243,7 +243,7 @@ def _hallucination(rng: random.Random) -> str:
     return rng.choice([f"The image also shows {a} in the top left.",
                        f"In the picture, the numbers are written next to {a}.",
                        f"There is also {a} in the image.",
-                       f"The answer is shown in the picture on the right."])
+                       "The answer is shown in the picture on the right."])
 
 
 def _incoherent(task: dict, rng: random.Random) -> str:
