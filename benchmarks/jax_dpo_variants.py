@@ -1,0 +1,140 @@
+"""A/B variants of the JAX DPO step, steps interleaved in one process so load drift cancels.
+
+    python benchmarks/jax_dpo_variants.py --variants ours,concat,remat_dots --rounds 4
+
+Each variant is the real trainer step (`mmalign_jax.bench.TrainBench`: `loop.build` +
+`loop.jit_steps`) with one thing changed, compiled once; then the variants take turns, one
+step each per round, and the medians are compared with the first variant.
+
+  ours        the trainer as it is (prompt prefilled once into a KV cache of P+R slots that
+              both responses attend to; LM head at response positions), remat none
+  concat      the baselines' layout in JAX: chosen and rejected concatenated into one
+              [2B, P+R] batch, image encoded for both halves, full forward, LM head at the
+              response positions (what benchmarks/torch_dpo_step.py does)
+  prefill_P   like ours, but the prompt is prefilled into a P-slot cache that is then padded
+              to P+R for the responses (prompt queries attend to P, not P+R, slots)
+  remat_dots / remat_dots_no_batch / remat_full   ours with model.remat_policy changed
+
+Only this process is patched (`steps.dpo_response_logps` is swapped while a variant
+compiles); nothing in the library changes. Prints one line per variant and a JSON summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import jax.numpy as jnp
+
+from mmalign_jax import bench, objectives
+from mmalign_jax.models import llava as llava_lib
+from mmalign_jax.train import steps as steps_lib
+
+Llava = llava_lib.Llava
+ORIGINAL = steps_lib.dpo_response_logps
+
+
+def _twice(x, axis=0):
+    return jnp.concatenate([x, x], axis=axis)
+
+
+def prefill_p_slots(model, variables, batch, rng=None, deterministic=True):
+    kw = dict(rngs={} if rng is None else {"dropout": rng})
+    cfg = model.cfg
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    b, p = prompt_ids.shape
+    r = batch["chosen_ids"].shape[1]
+    feats = model.apply(variables, batch["pixel_values"], method=Llava.encode_images, **kw)
+    embeds = model.apply(variables, prompt_ids, feats, batch.get("image_mask"), method=Llava.embed, **kw)
+    cache = llava_lib.init_cache(cfg, b, p, embeds.dtype)
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    hidden_p, cache = model.apply(variables, embeds, prompt_mask, positions, cache,
+                                  deterministic=deterministic, method=Llava.decode, **kw)
+    pad = ((0, 0), (0, 0), (0, r), (0, 0), (0, 0))
+    cache = {"k": jnp.pad(_twice(cache["k"], 1), pad), "v": jnp.pad(_twice(cache["v"], 1), pad),
+             "index": cache["index"]}
+    resp_ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
+    resp_mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
+    resp_embeds = model.apply(variables, resp_ids, None, None, method=Llava.embed, **kw)
+    resp_positions = _twice(prompt_mask.sum(axis=1, keepdims=True)) + jnp.arange(r)[None, :]
+    hidden_r, _ = model.apply(variables, resp_embeds,
+                              jnp.concatenate([_twice(prompt_mask), resp_mask], axis=1),
+                              resp_positions, cache, deterministic=deterministic,
+                              method=Llava.decode, **kw)
+    h = jnp.concatenate([_twice(hidden_p[:, -1:]), hidden_r[:, :-1]], axis=1)
+    logits = model.apply(variables, h, method=Llava.lm_logits, **kw)
+    logps, n = objectives.sequence_logps(logits, resp_ids, resp_mask)
+    return logps[:b], logps[b:], n[:b], n[b:]
+
+
+def concat_layout(model, variables, batch, rng=None, deterministic=True):
+    kw = dict(rngs={} if rng is None else {"dropout": rng})
+    b, p = batch["prompt_ids"].shape
+    r = batch["chosen_ids"].shape[1]
+    resp = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], 0)
+    resp_mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], 0)
+    ids = jnp.concatenate([_twice(batch["prompt_ids"]), resp], 1)
+    mask = jnp.concatenate([_twice(batch["prompt_mask"]), resp_mask], 1)
+    feats = model.apply(variables, _twice(batch["pixel_values"]), method=Llava.encode_images, **kw)
+    embeds = model.apply(variables, ids, feats, _twice(batch["image_mask"]), method=Llava.embed, **kw)
+    hidden, _ = model.apply(variables, embeds, mask, None, None, deterministic=deterministic,
+                            method=Llava.decode, **kw)
+    logits = model.apply(variables, hidden[:, p - 1:p + r - 1], method=Llava.lm_logits, **kw)
+    logps, n = objectives.sequence_logps(logits, resp, resp_mask)
+    return logps[:b], logps[b:], n[:b], n[b:]
+
+
+VARIANTS = {
+    "ours": (ORIGINAL, "none"),
+    "concat": (concat_layout, "none"),
+    "prefill_P": (prefill_p_slots, "none"),
+    "remat_dots": (ORIGINAL, "dots"),
+    "remat_dots_no_batch": (ORIGINAL, "dots_no_batch"),
+    "remat_full": (ORIGINAL, "full"),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default="ours,concat,remat_dots")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--preset", default="bench-small")
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--prompt-text", type=int, default=64)
+    ap.add_argument("--response-len", type=int, default=64)
+    args = ap.parse_args(argv)
+    names = args.variants.split(",")
+    w = bench.Workload(args.preset, args.pairs, args.prompt_text, args.response_len)
+    tbs = {}
+    for n in names:
+        fn, remat = VARIANTS[n]
+        steps_lib.dpo_response_logps = fn
+        try:
+            tb = bench.TrainBench("dpo", w, remat)
+            tb.step()   # compiles (compile time is not counted in the step time)
+            tb.step()   # warm-up
+        finally:
+            steps_lib.dpo_response_logps = ORIGINAL
+        tbs[n] = tb
+    times = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for n in names:
+            times[n].append(tbs[n].step())
+    base = statistics.median(times[names[0]])
+    out = {}
+    for n in names:
+        med = statistics.median(times[n])
+        mem = tbs[n].train_step.memory
+        out[n] = {"s_per_step_median": med, "speedup_vs_first": base / med, "step_seconds": times[n],
+                  "counted_gflop": (tbs[n].jaxpr_flops or 0) / 1e9,
+                  "compile_s": tbs[n].train_step.compile_seconds,
+                  "temp_gib": (getattr(mem, "temp_size_in_bytes", 0) or 0) / 2**30 if mem else None}
+        print(f"{n:22s} {med:8.3f} s/step  {base / med:5.2f}x vs {names[0]}  "
+              f"{out[n]['counted_gflop']:.0f} GFLOP  temp {out[n]['temp_gib'] or 0:.2f} GiB  "
+              f"steps {', '.join(f'{t:.2f}' for t in times[n])}", flush=True)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,966 @@
+"""Throughput benchmark: forward, SFT and DPO train steps of the real trainer, and the same
+DPO step in PyTorch (hand-written) and TRL, measured in one invocation.
+
+    python -m mmalign_jax.bench                                  # --what all, bench-small
+    python -m mmalign_jax.bench --what dpo --steps 5 --warmup 2 --baselines torch,trl \
+        --write docs/PERFORMANCE.md
+    python -m mmalign_jax.bench --what forward --preset tiny --steps 2 --no-write
+
+What is timed
+* forward: `jax.jit` of `Llava.__call__` (`model.apply`) on `[B, T]` ids with one image per
+  row (T = image tokens + text), float32 logits; tokens/s = B*T / median seconds.
+* sft / dpo: the trainer's own pieces — `loop.build(c, total_steps=...)` and
+  `loop.jit_steps(run, batch)` — on a synthetic batch already in the pipeline's layout
+  (data/pipeline.py) and already on device: no data loading in the timing. Median wall
+  clock of `train_step(...)` + fetching its metrics, over the steps after warm-up; the first
+  call's compile time is reported separately (`CompiledStep.compile_seconds`).
+* FLOPs per step: the compiled executable's `cost_analysis()['flops']` (XLA's count, which
+  includes attention and the optimizer, but may count a `while`/scan body once rather than
+  per trip: compare with the analytic figure), and an analytic matmul count
+  (2·params·tokens forward, 4·params·tokens backward for what is trained; attention excluded).
+* MFU = analytic model FLOPs / s / peak, where the device's peak is known (bf16 dense
+  table below); "n/a" on CPU.
+* baselines: `benchmarks/torch_dpo_step.py` and `benchmarks/trl_dpo_step.py` run as
+  subprocesses with the same shapes, each printing one JSON line; a baseline whose packages
+  are missing is reported as such, never estimated.
+
+`main(argv)` returns the results dict (the test calls it); `--write FILE` replaces the part
+of FILE between `<!-- bench:begin -->` and `<!-- bench:end -->`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+log = logging.getLogger("mmalign_jax.bench")
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# torch / trl: as specified (threads = cores, no gradient checkpointing). Diagnostics:
+# trl-gc = TRL with its own default gradient checkpointing; torch-1t = one torch thread (shows
+# how much a competing process on a shared machine costs torch's OpenMP barriers).
+BASELINE_SCRIPTS = {"torch": "benchmarks/torch_dpo_step.py", "trl": "benchmarks/trl_dpo_step.py",
+                    "trl-gc": "benchmarks/trl_dpo_step.py", "torch-1t": "benchmarks/torch_dpo_step.py"}
+BASELINE_EXTRA_ARGS = {"trl-gc": ["--gradient-checkpointing"], "torch-1t": ["--threads", "1"]}
+_TRL_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets")
+BASELINE_PACKAGES = {"torch": ("torch", "transformers"), "torch-1t": ("torch", "transformers"),
+                     "trl": _TRL_PACKAGES, "trl-gc": _TRL_PACKAGES}
+BASELINE_PRESETS = ("bench-small", "tiny")   # shapes the baseline scripts know
+
+# Dense bf16 peak FLOP/s per chip (vendor figures). MFU is quoted against these even for a
+# float32 run (the usual convention is to compare with the bf16 peak).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,   # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,        # v5p reports 'TPU v5'
+    "TPU v6 lite": 918e12,   # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "A100": 312e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,          # SXM
+    "H200": 989e12,
+}
+
+
+def peak_flops(device) -> float | None:
+    if device.platform == "cpu":
+        return None
+    kind = str(getattr(device, "device_kind", ""))
+    for name in sorted(PEAK_FLOPS, key=len, reverse=True):   # most specific first
+        if name.lower() in kind.lower():
+            return PEAK_FLOPS[name]
+    return None
+
+
+# ------------------------------------------------------------------------------ workload
+
+class Workload:
+    """Shapes shared by every implementation: `pairs` preference pairs of one image +
+    `prompt_text` text tokens (prompt_len = image tokens + text) and two responses of
+    `response_len` tokens; SFT and forward use `pairs` rows of prompt_len + response_len."""
+
+    def __init__(self, preset: str, pairs: int, prompt_text: int, response_len: int):
+        from mmalign_jax.models import presets
+        self.preset, self.pairs = preset, pairs
+        self.prompt_text, self.response_len = prompt_text, response_len
+        self.cfg = presets.get_preset(preset)
+        self.n_img = self.cfg.num_image_tokens
+        self.prompt_len = self.n_img + prompt_text
+        self.seq_len = self.prompt_len + response_len
+
+    @property
+    def dpo_tokens(self) -> int:
+        """Tokens of one step's data: each pair's prompt once and both responses."""
+        return self.pairs * (self.prompt_len + 2 * self.response_len)
+
+    def describe(self) -> dict:
+        return dict(preset=self.preset, pairs=self.pairs, image_tokens=self.n_img,
+                    prompt_len=self.prompt_len, response_len=self.response_len,
+                    seq_len=self.seq_len)
+
+    def _ids(self, rng, shape):
+        t = self.cfg.text
+        special = {self.cfg.image_token_id, t.pad_token_id}
+        hi = t.vocab_size
+        while hi - 1 in special:
+            hi -= 1
+        return rng.integers(5, hi, shape).astype(np.int32)
+
+    def _prompt(self, rng):
+        b = self.pairs
+        img = np.full((b, self.n_img), self.cfg.image_token_id, np.int32)
+        return np.concatenate([img, self._ids(rng, (b, self.prompt_text))], axis=1)
+
+    def _pixels(self, rng):
+        s = self.cfg.vision.image_size
+        return rng.standard_normal((self.pairs, 1, s, s, 3)).astype(np.float32)
+
+    def dpo_batch(self, seed: int = 0) -> dict:
+        """The DPO pipeline layout (data/pipeline.py): prompts left padded (here: full)."""
+        rng = np.random.default_rng(seed)
+        b, r = self.pairs, self.response_len
+        prompt = self._prompt(rng)
+        return {
+            "prompt_ids": prompt, "prompt_mask": np.ones_like(prompt),
+            "chosen_ids": self._ids(rng, (b, r)), "chosen_mask": np.ones((b, r), np.int32),
+            "rejected_ids": self._ids(rng, (b, r)), "rejected_mask": np.ones((b, r), np.int32),
+            "pixel_values": self._pixels(rng), "image_mask": np.ones((b, 1), bool),
+            "example_index": np.arange(b, dtype=np.int32), "weight": np.ones((b,), np.float32),
+        }
+
+    def sft_batch(self, seed: int = 0) -> dict:
+        """The SFT layout: image + prompt text + response, targets on the response."""
+        rng = np.random.default_rng(seed)
+        b = self.pairs
+        ids = np.concatenate([self._prompt(rng), self._ids(rng, (b, self.response_len))], axis=1)
+        target = np.zeros(ids.shape, bool)
+        target[:, self.prompt_len:] = True
+        return {
+            "input_ids": ids, "attention_mask": np.ones_like(ids), "target_mask": target,
+            "pixel_values": self._pixels(rng), "image_mask": np.ones((b, 1), bool),
+            "example_index": np.arange(b, dtype=np.int32), "weight": np.ones((b,), np.float32),
+        }
+
+
+def train_config(method: str, w: Workload, lora: bool = False):
+    """The trainer config for the benchmark: the library defaults with the workload's
+    shapes, full fine-tuning of LM + projector (vision frozen), fp32, no remat, AdamW."""
+    from mmalign_jax.train import defaults
+    c = defaults.base_config(method)
+    c.model.preset = w.preset
+    c.model.dtype = c.model.param_dtype = "float32"
+    c.model.remat_policy = "none"
+    c.lora.enabled = lora
+    c.lora.dropout = 0.0
+    c.optim.lr = c.optim.projector_lr = 5e-5
+    c.optim.weight_decay = 0.0
+    c.optim.clip_norm = 1.0
+    c.optim.train_projector = True
+    c.optim.train_vision = False
+    c.data.prompt_len = w.prompt_len
+    c.data.response_len = w.response_len
+    c.data.seq_len = w.seq_len
+    c.dpo.beta = 0.1
+    c.dpo.loss_type = "sigmoid"
+    c.dpo.reference = "online"
+    c.train.global_batch_size = w.pairs
+    c.train.micro_batch_size = 0
+    c.train.progress = False
+    c.mesh.shape = {"data": -1, "fsdp": 1, "tensor": 1}
+    return c
+
+
+# ------------------------------------------------------------------------------ FLOPs
+
+def _count(tree) -> int:
+    import jax
+    return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)))
+
+
+def param_counts(cfg) -> dict:
+    """Matmul parameter counts by part (embedding lookups excluded: they cost no FLOPs)."""
+    from mmalign_jax.models import llava
+    p = llava.abstract_params(cfg)
+    lm = p["language_model"]
+    head = lm["lm_head"]["kernel"] if "lm_head" in lm else lm["embed_tokens"]["embedding"]
+    vision = p["vision_tower"]
+    return {
+        "lm_layers": _count(lm["layers"]),
+        "lm_head": int(np.prod(head.shape)),
+        "embed": int(np.prod(lm["embed_tokens"]["embedding"].shape)),
+        "projector": _count(p["multi_modal_projector"]),
+        # only the layers the feature layer needs run (INTERNALS.md: vision layers unrolled)
+        "vision": _count(vision),
+        "total": _count(p),
+    }
+
+
+def analytic_flops(kind: str, w: Workload) -> dict:
+    """Matmul FLOPs per step (2·N per token forward; backward 2× that for trained weights,
+    0 for the frozen vision tower), attention score/value products excluded."""
+    n = param_counts(w.cfg)
+    b, p, r, img = w.pairs, w.prompt_len, w.response_len, w.n_img
+    v = n["vision"]
+    if kind == "forward":
+        lm_tokens, head_tokens = b * w.seq_len, b * w.seq_len
+        fwd = 2 * (n["lm_layers"] * lm_tokens + n["lm_head"] * head_tokens
+                   + (v + n["projector"]) * b * img)
+        return {"model_flops": fwd, "lm_tokens": lm_tokens}
+    if kind == "sft":
+        lm_tokens = b * w.seq_len
+        head_tokens = b * (w.seq_len - 1)
+        trained = 6 * (n["lm_layers"] * lm_tokens + n["lm_head"] * head_tokens
+                       + n["projector"] * b * img)
+        return {"model_flops": trained + 2 * v * b * img, "lm_tokens": lm_tokens}
+    # dpo (ours): prompt once per pair, both responses attend to its cache; LM head at
+    # response positions; online reference = one more forward.
+    lm_tokens = b * p + 2 * b * r
+    head_tokens = 2 * b * r
+    per_pass = n["lm_layers"] * lm_tokens + n["lm_head"] * head_tokens + n["projector"] * b * img
+    flops = 6 * per_pass + 2 * per_pass + 2 * 2 * v * b * img  # policy f+b, ref f, ViT twice
+    # the concatenated [2B, P+R] layout of the baselines, for comparison
+    lm_cat = 2 * b * (p + r)
+    per_cat = n["lm_layers"] * lm_cat + n["lm_head"] * head_tokens + n["projector"] * 2 * b * img
+    flops_cat = 8 * per_cat + 2 * 2 * v * 2 * b * img
+    return {"model_flops": flops, "lm_tokens": lm_tokens,
+            "model_flops_concat_layout": flops_cat, "lm_tokens_concat_layout": lm_cat}
+
+
+def _subjaxprs(params):
+    for v in params.values():
+        for x in (v if isinstance(v, (list, tuple)) else (v,)):
+            if hasattr(x, "eqns"):
+                yield x
+            elif hasattr(x, "jaxpr") and hasattr(getattr(x, "jaxpr"), "eqns"):
+                yield x.jaxpr
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def jaxpr_flops(jaxpr) -> int:
+    """Matmul + convolution FLOPs of a jaxpr, scan bodies multiplied by their length (what
+    XLA's cost analysis does not do), `cond` counted by its costliest branch, `while`
+    bodies once (unknown trip count; the train step has none)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            total += 2 * _prod(lhs.shape[i] for i in lb) * _prod(lhs.shape[i] for i in lc) \
+                * _prod(d for i, d in enumerate(lhs.shape) if i not in lc and i not in lb) \
+                * _prod(d for i, d in enumerate(rhs.shape) if i not in rc and i not in rb)
+        elif name == "conv_general_dilated":
+            out, rhs = eqn.outvars[0].aval, eqn.invars[1].aval
+            spec = eqn.params["dimension_numbers"].rhs_spec   # (out feat, in feat, spatial...)
+            total += 2 * _prod(out.shape) * rhs.shape[spec[1]] * _prod(rhs.shape[d] for d in spec[2:])
+        subs = list(_subjaxprs(eqn.params))
+        if not subs:
+            continue
+        if name == "cond":
+            total += max(jaxpr_flops(j) for j in subs)
+        else:
+            mult = int(eqn.params.get("length", 1)) if name == "scan" else 1
+            total += mult * sum(jaxpr_flops(j) for j in subs)
+    return total
+
+
+def traced_flops(jitted, *args) -> int | None:
+    try:
+        return jaxpr_flops(jitted.trace(*args).jaxpr.jaxpr)
+    except Exception as e:  # an API difference must not break the benchmark
+        log.warning("jaxpr FLOP count failed: %s", e)
+        return None
+
+
+def xla_flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    if not ca:
+        return None
+    f = ca.get("flops")
+    return float(f) if f is not None and f >= 0 else None
+
+
+# ------------------------------------------------------------------------------ timing
+
+def _median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _summary(times, items_per_step, tokens_per_step, flops, device):
+    med = _median(times)
+    peak = peak_flops(device)
+    out = {"s_per_step_median": med, "step_seconds": times,
+           "items_per_s": items_per_step / med, "tokens_per_step": tokens_per_step,
+           "tokens_per_s": tokens_per_step / med,
+           "achieved_gflops": flops / med / 1e9 if flops else None,
+           "mfu": (flops / med / peak) if (flops and peak) else None}
+    return out
+
+
+def bench_forward(w: Workload, steps: int, warmup: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from mmalign_jax.models import llava
+    cfg = w.cfg.replace(dtype="float32", param_dtype="float32")
+    model = llava.Llava(cfg)
+    params = jax.jit(lambda k: llava.init_params(cfg, k))(jax.random.PRNGKey(0))
+    batch = w.sft_batch()
+    ids, px = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["pixel_values"])
+    mask = jnp.asarray(batch["attention_mask"])
+
+    def fwd(p, ids, px, mask):
+        return model.apply({"params": p}, ids, px, mask)
+
+    jaxpr_fl = traced_flops(jax.jit(fwd), params, ids, px, mask)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fwd).lower(params, ids, px, mask).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        logits = compiled(params, ids, px, mask)
+        logits.block_until_ready()
+        dt = time.perf_counter() - t0
+        log.info("forward step %d: %.3fs", i, dt)
+        if i >= warmup:
+            times.append(dt)
+    finite = bool(jnp.isfinite(logits).all())
+    del logits
+    an = analytic_flops("forward", w)
+    tokens = w.pairs * w.seq_len
+    out = {"what": "forward", "batch": w.pairs, "seq_len": w.seq_len, "compile_s": compile_s,
+           "xla_flops": xla_flops(compiled), "jaxpr_flops": jaxpr_fl,
+           "analytic_flops": an["model_flops"], "finite": finite,
+           **_summary(times, w.pairs, tokens, jaxpr_fl or an["model_flops"], jax.devices()[0])}
+    return out
+
+
+class TrainBench:
+    """One method's train step through the real trainer (`loop.build` + `loop.jit_steps`),
+    compiled once; `timed()` can be called again later (e.g. after the baselines ran, to
+    bracket them: the machine's load drifts)."""
+
+    def __init__(self, method: str, w: Workload, remat: str = "none"):
+        import jax
+        from mmalign_jax import parallel
+        from mmalign_jax.train import defaults, loop
+        self.method, self.w = method, w
+        c = train_config(method, w)
+        c.model.remat_policy = remat
+        defaults.validate(c, jax.device_count())
+        self.run = loop.build(c, total_steps=1000)
+        local = w.dpo_batch() if method == "dpo" else w.sft_batch()
+        self.batch = parallel.global_batch(local, self.run.mesh, self.run.shardings["rules"])
+        self.train_step, self.eval_step = loop.jit_steps(self.run, self.batch)
+        with loop.mesh_context(self.run.mesh, self.run.shardings["rules"]):
+            self.jaxpr_flops = traced_flops(self.train_step.fn, self.run.state, self.batch,
+                                            self.run.frozen, self.run.ref)
+        self.times: dict[str, list] = {}
+        self.cpu: list = []
+        self.losses, self.finite, self.forward_only = [], True, None
+
+    def step(self) -> float:
+        import jax
+        run = self.run
+        compile_before = self.train_step.compile_seconds
+        t0, c0 = time.perf_counter(), time.process_time()
+        run.state, metrics = self.train_step(run.state, self.batch, run.frozen, run.ref)
+        metrics = jax.device_get(metrics)
+        dt = time.perf_counter() - t0 - (self.train_step.compile_seconds - compile_before)
+        if self.train_step.compile_seconds == compile_before:   # compile steps: no CPU figure
+            self.cpu.append(time.process_time() - c0)
+        self.finite &= bool(metrics["finite"]) and math.isfinite(float(metrics["loss"]))
+        self.losses.append(float(metrics["loss"]))
+        log.info("%s step %d: %.3fs loss %.4f", self.method, len(self.losses) - 1, dt, self.losses[-1])
+        return dt
+
+    def timed(self, steps: int, warmup: int, label: str = "main") -> list:
+        for _ in range(warmup):
+            self.step()
+        self.times[label] = [self.step() for _ in range(steps)]
+        return self.times[label]
+
+    def time_forward_only(self, steps: int) -> float:
+        """Diagnostic: the same loss without the backward (policy + reference forwards)."""
+        import jax
+        run, ts = self.run, []
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            jax.block_until_ready(self.eval_step(run.state.trainable, self.batch, run.frozen, run.ref))
+            if i:
+                ts.append(time.perf_counter() - t0)
+        self.forward_only = _median(ts)
+        return self.forward_only
+
+    def result(self) -> dict:
+        import jax
+        w, method = self.w, self.method
+        compiled = next(iter(self.train_step.cache.values()))
+        an = analytic_flops(method, w)
+        tokens = w.dpo_tokens if method == "dpo" else w.pairs * w.seq_len
+        pooled = [t for ts in self.times.values() for t in ts]
+        out = {"what": method, "impl": "mmalign_jax (JAX/XLA)",
+               "remat_policy": self.run.cfg.remat_policy,
+               "compile_s": self.train_step.compile_seconds,
+               "xla_flops": xla_flops(compiled), "jaxpr_flops": self.jaxpr_flops,
+               "analytic_flops": an["model_flops"], "analytic": an, "losses": self.losses,
+               "finite": self.finite, "trainable_params": _count(self.run.state.trainable),
+               "frozen_params": _count(self.run.frozen),
+               "medians_by_phase": {k: _median(v) for k, v in self.times.items()},
+               # process CPU time (all threads): the work, whatever the machine's load; the
+               # warm-up steps are included (XLA steps are identical after the compile)
+               "cpu_s_per_step_median": _median(self.cpu),
+               **_summary(pooled, w.pairs, tokens, self.jaxpr_flops or an["model_flops"],
+                          jax.devices()[0])}
+        if method == "dpo":
+            out["pairs_per_s"] = out["items_per_s"]
+        if self.forward_only is not None:
+            out["forward_only_s_median"] = self.forward_only
+        mem = self.train_step.memory
+        if mem is not None:
+            out["temp_bytes"] = int(getattr(mem, "temp_size_in_bytes", 0) or 0)
+        return out
+
+
+def bench_train(method: str, w: Workload, steps: int, warmup: int, eval_too: bool = True,
+                remat: str = "none") -> dict:
+    tb = TrainBench(method, w, remat)
+    tb.timed(steps, warmup)
+    if eval_too:
+        tb.time_forward_only(max(steps // 2, 1))
+    return tb.result()
+
+
+# ------------------------------------------------------------------------------ profile
+
+_PARTS = ("vision_tower", "multi_modal_projector", "lm_head", "self_attn", "mlp", "layernorm",
+          "embed", "dynamic_update_slice", "dynamic_slice", "concatenate")
+
+
+def _op_category(op_name: str | None) -> str:
+    if op_name is None:
+        return "unattributed"
+    if "transpose(" in op_name:
+        phase = "backward"
+    elif "jvp(" in op_name or "/while/" in op_name:
+        phase = "forward"
+    else:
+        phase = "update/other"   # optimizer, clipping, metrics: outside the loss
+    part = next((k for k in _PARTS if k in op_name), "other")
+    return f"{phase} · {part}"
+
+
+def profile_step(tb: "TrainBench", out_dir: str) -> dict:
+    """Trace one train step with jax.profiler (XLA op level) and add up the op time (summed
+    over the XLA worker threads) by phase · module (from each op's `op_name` metadata in the
+    compiled HLO) and by fusion kind. Needs the profiler's trace.json.gz output."""
+    import glob
+    import gzip
+    import re
+    import jax
+    os.makedirs(out_dir, exist_ok=True)
+    opts = jax.profiler.ProfileOptions()
+    opts.host_tracer_level = 3
+    opts.python_tracer_level = 0
+    jax.profiler.start_trace(out_dir, profiler_options=opts)
+    wall = tb.step()
+    jax.profiler.stop_trace()
+    compiled = next(iter(tb.train_step.cache.values()))
+    hlo = compiled.as_text()
+    with open(os.path.join(out_dir, "train_step.hlo.txt"), "w") as f:
+        f.write(hlo)
+    meta = {m.group(1): m.group(2) for m in re.finditer(
+        r"^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name=\"([^\"]*)\"", hlo, re.M)}
+    traces = sorted(glob.glob(os.path.join(out_dir, "plugins", "profile", "*", "*.trace.json.gz")))
+    if not traces:
+        return {"error": "no trace.json.gz written", "dir": out_dir}
+    events = json.load(gzip.open(traces[-1]))
+    events = events.get("traceEvents", events) if isinstance(events, dict) else events
+    threads = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "")
+               for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    by_cat, by_kind = {}, {}
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        if "XLA" not in threads.get((e.get("pid"), e.get("tid")), ""):
+            continue
+        name = e.get("name", "")
+        if name.startswith(("ThunkExecutor", "Slinky", "ThreadpoolListener")):
+            continue
+        dur = float(e.get("dur", 0)) / 1e6
+        cat = _op_category(meta.get(name))
+        kind = re.sub(r"[.\d]+$", "", name)
+        by_cat[cat] = by_cat.get(cat, 0.0) + dur
+        by_kind[kind] = by_kind.get(kind, 0.0) + dur
+    total = sum(by_cat.values()) or float("nan")
+    top = lambda d, n: [(k, v, v / total) for k, v in sorted(d.items(), key=lambda x: -x[1])[:n]]
+    return {"dir": out_dir, "step_wall_s": wall, "op_seconds_total": total,
+            "by_category": top(by_cat, 16), "by_kind": top(by_kind, 10)}
+
+
+# ------------------------------------------------------------------------------ baselines
+
+def interleaved(tbs: dict, baselines: list, w: Workload, steps: int, warmup: int,
+                timeout: float) -> dict:
+    """Take turns, one step each per round (the order rotates every round), so a change in
+    the machine's load hits every implementation alike. Ours warm up first; the baselines
+    then set up and warm up in their own processes (concurrently: untimed)."""
+    for tb in tbs.values():
+        tb.timed(0, warmup, "interleaved")
+    results, served = {}, {}
+    for b in baselines:
+        cmd, err = baseline_command(b, w, steps, warmup, serve=True)
+        if err:
+            results[b] = err
+        else:
+            served[b] = ServedBaseline(b, cmd, timeout)
+    for b, sb in list(served.items()):
+        if not sb.wait_ready():
+            results[b] = sb.finish()
+            del served[b]
+    players = [("ours", r) for r in tbs] + [("baseline", b) for b in served]
+    for k in range(steps):
+        for kind, key in players[k % len(players):] + players[:k % len(players)]:
+            if kind == "ours":
+                tbs[key].times.setdefault("interleaved", []).append(tbs[key].step())
+            elif key in served and served[key].step() is None:
+                results[key] = served.pop(key).finish()
+    for b, sb in served.items():
+        results[b] = sb.finish()
+    return {b: results[b] for b in baselines}
+
+
+def missing_packages(name: str) -> list[str]:
+    return [p for p in BASELINE_PACKAGES[name] if importlib.util.find_spec(p) is None]
+
+
+def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: bool = False):
+    """(argv, None) to run a baseline, or (None, error dict) when it cannot run here."""
+    script = os.path.join(REPO, BASELINE_SCRIPTS[name])
+    base = {"name": name, "what": "dpo"}
+    if not os.path.exists(script):
+        return None, {**base, "error": f"{BASELINE_SCRIPTS[name]} not found (run from a source checkout)"}
+    missing = missing_packages(name)
+    if missing:
+        return None, {**base, "error": "not run: missing packages " + ", ".join(missing)
+                      + " (see requirements-bench.txt)"}
+    if w.preset not in BASELINE_PRESETS:
+        return None, {**base, "error": f"not run: the baseline scripts know presets {BASELINE_PRESETS}"}
+    cmd = [sys.executable, script, "--preset", w.preset, "--steps", str(steps),
+           "--warmup", str(warmup), "--pairs", str(w.pairs), "--prompt-text", str(w.prompt_text),
+           "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, [])
+    return cmd + (["--serve"] if serve else []), None
+
+
+def _json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def _finish_baseline(name: str, cmd, summary: dict | None, rc, err_tail: str, wall: float) -> dict:
+    base = {"name": name, "what": "dpo", "command": "python " + " ".join(cmd[1:])}
+    if rc != 0 or summary is None:
+        return {**base, "error": f"exit {rc}: {err_tail}"}
+    out = {**summary, **base, "wall_s": wall}
+    if out.get("gradient_checkpointing"):
+        out["impl"] += " (gradient checkpointing)"
+    if name == "torch-1t":
+        out["impl"] += " (1 thread)"
+    out["items_per_s"] = out["pairs_per_s"]
+    return out
+
+
+def run_baseline(name: str, w: Workload, steps: int, warmup: int, timeout: float) -> dict:
+    """Run a baseline to completion (sequential mode) and return its JSON summary."""
+    cmd, err = baseline_command(name, w, steps, warmup)
+    if err:
+        return err
+    log.info("running %s", " ".join(cmd[1:]))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"name": name, "what": "dpo", "error": f"timed out after {timeout:.0f}s",
+                "command": " ".join(cmd[1:])}
+    lines = [d for d in _json_lines(proc.stdout) if "event" not in d]
+    tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+    return _finish_baseline(name, cmd, lines[-1] if lines else None, proc.returncode, tail,
+                            time.perf_counter() - t0)
+
+
+class ServedBaseline:
+    """A baseline subprocess in `--serve` mode: set up and warmed up on its own, then one
+    timed step per `step()` call, so implementations can take turns step by step."""
+
+    def __init__(self, name: str, cmd: list, timeout: float):
+        import queue
+        import tempfile
+        import threading
+        self.name, self.cmd, self.timeout = name, cmd, timeout
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.t0 = time.perf_counter()
+        log.info("starting %s", " ".join(cmd[1:]))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, cwd=REPO, bufsize=1)
+        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.summary, self.error, self.times, self.cpu = None, None, [], []
+
+        def pump():
+            for line in self.proc.stdout:
+                self.lines.put(line)
+            self.lines.put(None)
+        threading.Thread(target=pump, daemon=True).start()
+
+    def _next_event(self):
+        import queue
+        while True:
+            try:
+                line = self.lines.get(timeout=self.timeout)
+            except queue.Empty:
+                self.error = f"no answer within {self.timeout:.0f}s"
+                return None
+            if line is None:
+                return None
+            for d in _json_lines(line):
+                if "event" in d:
+                    return d
+                self.summary = d
+
+    def wait_ready(self) -> bool:
+        ev = self._next_event()
+        return bool(ev and ev["event"] == "ready")
+
+    def step(self) -> float | None:
+        try:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        ev = self._next_event()
+        if not ev or ev.get("event") != "step":
+            return None
+        self.times.append(ev["s"])
+        if "cpu_s" in ev:
+            self.cpu.append(ev["cpu_s"])
+        log.info("%s step: %.3fs", self.name, ev["s"])
+        return ev["s"]
+
+    def finish(self) -> dict:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        while self._next_event() is not None:
+            pass
+        try:
+            rc = self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = "killed"
+        self.err.seek(0)
+        tail = " | ".join(self.err.read().strip().splitlines()[-8:])
+        if self.error:
+            tail = f"{self.error}; {tail}"
+        self.err.close()
+        return _finish_baseline(self.name, self.cmd, self.summary, rc, tail,
+                                time.perf_counter() - self.t0)
+
+
+# ------------------------------------------------------------------------------ report
+
+def machine_info() -> dict:
+    import jax
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "trl"):
+        try:
+            from importlib.metadata import version
+            versions[mod] = version(mod)
+        except Exception:
+            versions[mod] = None
+    d = jax.devices()[0]
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "jax_backend": jax.default_backend(), "device": f"{d.platform}:{getattr(d, 'device_kind', '')}",
+            "n_devices": jax.device_count(), "versions": versions}
+
+
+def _fmt(x, spec=".3g", none="n/a"):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return none
+    return format(x, spec)
+
+
+def _flops_cell(r) -> str:
+    def g(x):
+        return _fmt(x / 1e9 if x else None, ".1f")
+    return f"{g(r.get('jaxpr_flops'))} / {g(r.get('xla_flops'))} / {g(r.get('analytic_flops'))}"
+
+
+def markdown(res: dict) -> str:
+    m, w = res["machine"], res["workload"]
+    v = m["versions"]
+    lines = [
+        f"Measured {res['date']} with `{res['command']}`.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores visible; JAX backend `{m['jax_backend']}` "
+        f"({m['device']}, {m['n_devices']} device(s)); jax {v.get('jax')}, flax {v.get('flax')}, "
+        f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}. "
+        f"Load average before/after: {res['load_before']} / {res['load_after']} "
+        "(the machine is shared: compare rows of the same run only).",
+        "",
+        f"Workload `{w['preset']}`: {w['pairs']} pairs/step, 1 image = {w['image_tokens']} tokens, "
+        f"prompt {w['prompt_len']} tokens (image + {w['prompt_len'] - w['image_tokens']} text), "
+        f"chosen/rejected {w['response_len']} tokens each; float32; AdamW, clip 1.0; vision "
+        "frozen; LM + projector fully trained (no LoRA, on every side); reference online. "
+        f"Median over {res['steps']} steps after {res['warmup']} warm-up steps.",
+        "",
+    ]
+    dpo = res.get("dpo")
+    variants = list(res.get("dpo_variants", {}).values())
+    rows = [r for r in [dpo] + variants + list(res.get("baselines", {}).values()) if r]
+    if rows:
+        lines += ["| DPO step | s/step (median) | pairs/s | tokens/s | ours ÷ this (pairs/s) "
+                  "| CPU-s/step | compile s | GFLOP/step (counted / XLA / analytic) | MFU |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            name = r.get("impl", r.get("name"))
+            if "error" in r:
+                lines.append(f"| {r['name']} | {r['error']} | | | | | | | |")
+                continue
+            ratio = ""
+            if dpo and "error" not in dpo and r is not dpo:
+                ratio = f"**{dpo['items_per_s'] / r['items_per_s']:.2f}×**"
+            elif r is dpo:
+                ratio = "1"
+            ours = r is dpo or any(r is v for v in variants)
+            lines.append(
+                f"| {name} | {r['s_per_step_median']:.3f} | {r['items_per_s']:.3f} | "
+                f"{r['tokens_per_s']:.0f} | {ratio} | {_fmt(r.get('cpu_s_per_step_median'), '.2f')} | "
+                f"{_fmt(r.get('compile_s'), '.1f', '–')} | "
+                f"{_flops_cell(r) if ours else '–'} | {_fmt(r.get('mfu'), '.1%') if ours else 'n/a'} |")
+        lines.append("")
+        lines.append("tokens/s counts each pair's prompt once plus both responses "
+                     f"({w['pairs']}·({w['prompt_len']}+2·{w['response_len']}) tokens per step) "
+                     "for every row, so the tokens/s ratio equals the pairs/s ratio. CPU-s/step is "
+                     "the process's CPU time (user + sys, all threads) per step: the work done, "
+                     "less sensitive to other processes than wall time, but it includes threads "
+                     "spinning at barriers (OpenMP).")
+        lines.append("")
+    other = [res[k] for k in ("forward", "sft") if res.get(k)]
+    if other:
+        lines += ["| JAX | shape | s/step (median) | tokens/s | compile s | GFLOP/step (counted / XLA / analytic) "
+                  "| achieved GFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|"]
+        for r in other:
+            shape = f"[{w['pairs']}, {w['seq_len']}] + {w['pairs']} images"
+            lines.append(
+                f"| {r['what']} | {shape} | {r['s_per_step_median']:.3f} | {r['tokens_per_s']:.0f} | "
+                f"{r['compile_s']:.1f} | {_flops_cell(r)} | {_fmt(r.get('achieved_gflops'), '.1f')} | "
+                f"{_fmt(r.get('mfu'), '.1%')} |")
+        lines.append("")
+    if res.get("mode") == "interleaved" and res.get("baselines"):
+        lines.append("The DPO rows were measured interleaved: each round runs one step of every "
+                     "implementation (order rotating), each in its own process, so load changes "
+                     "on the shared machine hit all rows alike.")
+        lines.append("")
+    if dpo and len(dpo.get("medians_by_phase", {})) > 1:
+        ph = "; ".join(f"{r.get('remat_policy')}: " + ", ".join(
+            f"{k} {v:.3f} s" for k, v in r["medians_by_phase"].items()) for r in [dpo] + variants)
+        lines.append(f"Our DPO steps were timed before and after the baselines (the load drifts); "
+                     f"the table pools both halves (medians by remat policy — {ph}).")
+        lines.append("")
+    if dpo and "error" not in dpo:
+        fo = dpo.get("forward_only_s_median")
+        fo = "" if fo is None else (f"forward-only (policy + reference, no backward) {fo:.3f} s "
+                                    f"of the {dpo['s_per_step_median']:.3f} s step; ")
+        lines.append(f"DPO diagnostics: {fo}"
+                     f"achieved {_fmt(dpo.get('achieved_gflops'), '.1f')} GFLOP/s (counted "
+                     f"FLOPs / median step); analytic FLOPs of the concatenated "
+                     f"[2B, P+R] layout the baselines run: "
+                     f"{dpo['analytic']['model_flops_concat_layout'] / 1e9:.0f} GFLOP "
+                     f"({dpo['analytic']['model_flops_concat_layout'] / dpo['analytic_flops']:.2f}× ours).")
+        lines.append("")
+    prof = (dpo or {}).get("profile")
+    if prof and "error" not in prof:
+        lines += [f"Profile of one DPO step (remat={dpo.get('remat_policy')}; `--profile "
+                  f"{prof['dir']}`): {prof['step_wall_s']:.2f} s wall, "
+                  f"{prof['op_seconds_total']:.2f} s of XLA op time summed over worker threads.", "",
+                  "| phase · module | op s | share |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.2f} | {f:.1%} |" for k, v, f in prof["by_category"]]
+        lines += ["", "| XLA op kind | op s | share |", "|---|---|---|"]
+        lines += [f"| `{k}` | {v:.2f} | {f:.1%} |" for k, v, f in prof["by_kind"]]
+        lines.append("")
+    lines.append("Per-step seconds (after warm-up): " + "; ".join(
+        f"{r.get('name', r.get('what'))}: " + ", ".join(f"{t:.2f}" for t in r["step_seconds"])
+        for r in [res.get("forward"), res.get("sft"), dpo] + variants
+        + list(res.get("baselines", {}).values())
+        if r and "step_seconds" in r))
+    return "\n".join(lines)
+
+
+def write_section(path: str, text: str) -> None:
+    block = f"{BEGIN}\n{text}\n{END}"
+    if os.path.exists(path):
+        doc = open(path).read()
+        if BEGIN in doc and END in doc:
+            head, rest = doc.split(BEGIN, 1)
+            tail = rest.split(END, 1)[1]
+            doc = head + block + tail
+        else:
+            doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        doc = "# Performance\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def _load():
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m mmalign_jax.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--what", default="all", choices=("forward", "sft", "dpo", "all"))
+    ap.add_argument("--preset", default="bench-small")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=4, help="pairs (DPO) / rows (SFT, forward) per step")
+    ap.add_argument("--prompt-text", type=int, default=64, help="text tokens per prompt (+ image tokens)")
+    ap.add_argument("--response-len", type=int, default=64)
+    ap.add_argument("--baselines", default="torch,trl",
+                    help="comma list of torch,trl for --what dpo/all; '' or 'none' to skip")
+    ap.add_argument("--baseline-timeout", type=float, default=3600.0,
+                    help="seconds a baseline may take to set up / for one step")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run each implementation's steps in one block (ours before and after the "
+                         "baselines) instead of interleaving them step by step")
+    ap.add_argument("--no-eval", action="store_true", help="skip the forward-only DPO diagnostic")
+    ap.add_argument("--remat", default="none",
+                    help="model.remat_policy of the JAX train steps (none|full|dots|dots_no_batch); "
+                         "a comma list adds one DPO row per extra policy (the first is 'ours')")
+    ap.add_argument("--json", default="", help="also write the raw results here")
+    ap.add_argument("--profile", default="", metavar="DIR",
+                    help="after timing, trace one DPO step into DIR and add an op-time breakdown")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--write", default="", metavar="FILE",
+                   help="replace the bench section of FILE (e.g. docs/PERFORMANCE.md)")
+    g.add_argument("--no-write", action="store_true", help="only print (the default)")
+    args = ap.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    remats = [r for r in args.remat.replace(" ", "").split(",") if r]
+    for r in remats:
+        if r not in ("none", "full", "dots", "dots_no_batch"):
+            ap.error(f"--remat {r!r}: use none|full|dots|dots_no_batch")
+    w = Workload(args.preset, args.pairs, args.prompt_text, args.response_len)
+    whats = ("forward", "sft", "dpo") if args.what == "all" else (args.what,)
+    baselines = [b for b in args.baselines.replace(" ", "").split(",") if b and b != "none"]
+    for b in baselines:
+        if b not in BASELINE_SCRIPTS:
+            ap.error(f"unknown baseline {b!r}; use {', '.join(BASELINE_SCRIPTS)}")
+    res = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+           "command": "python -m mmalign_jax.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "machine": machine_info(), "workload": w.describe(), "steps": args.steps,
+           "warmup": args.warmup, "load_before": _load()}
+    if "forward" in whats:
+        res["forward"] = bench_forward(w, args.steps, args.warmup)
+    if "sft" in whats:
+        res["sft"] = bench_train("sft", w, args.steps, args.warmup, eval_too=False, remat=remats[0])
+    if "dpo" in whats:
+        tbs = {r: TrainBench("dpo", w, r) for r in remats}
+        if args.sequential:
+            for tb in tbs.values():
+                tb.timed(args.steps, args.warmup, "before baselines")
+            res["baselines"] = {b: run_baseline(b, w, args.steps, args.warmup, args.baseline_timeout)
+                                for b in baselines}
+            if any("error" not in r for r in res["baselines"].values()):
+                # Bracket the baselines: the load of a shared machine drifts; pool both halves.
+                for tb in tbs.values():
+                    tb.timed(args.steps, 0, "after baselines")
+        else:
+            res["baselines"] = interleaved(tbs, baselines, w, args.steps, args.warmup,
+                                           args.baseline_timeout)
+        res["mode"] = "sequential" if args.sequential else "interleaved"
+        if not args.no_eval:
+            tbs[remats[0]].time_forward_only(max(args.steps // 2, 1))
+        res["dpo"] = tbs[remats[0]].result()
+        if args.profile:
+            try:
+                res["dpo"]["profile"] = profile_step(tbs[remats[0]], args.profile)
+            except Exception as e:  # profiling is a diagnostic: never lose the timings
+                res["dpo"]["profile"] = {"error": repr(e)}
+        res["dpo"]["name"] = "ours"
+        if remats[0] != "none":
+            res["dpo"]["impl"] += f" (remat={remats[0]})"
+        res["dpo_variants"] = {}
+        for r in remats[1:]:
+            v = tbs[r].result()
+            v["name"] = f"ours-remat-{r}"
+            v["impl"] += f" (remat={r})"
+            res["dpo_variants"][r] = v
+        del tbs
+        tr = res["dpo"]["trainable_params"]
+        for b, r in res["baselines"].items():
+            if "trainable_params" in r and r["trainable_params"] != tr:
+                r["note"] = f"trainable params {r['trainable_params']} != ours {tr}"
+                log.warning("%s: %s", b, r["note"])
+    res["load_after"] = _load()
+    text = markdown(res)
+    res["markdown"] = text
+    print(text, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+    if args.write:
+        write_section(args.write, text)
+        log.info("wrote %s", args.write)
+    return res
+
+
+if __name__ == "__main__":
+    main()
