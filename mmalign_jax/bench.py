@@ -14,15 +14,20 @@ What is timed
   (data/pipeline.py) and already on device: no data loading in the timing. Median wall
   clock of `train_step(...)` + fetching its metrics, over the steps after warm-up; the first
   call's compile time is reported separately (`CompiledStep.compile_seconds`).
-* FLOPs per step: the compiled executable's `cost_analysis()['flops']` (XLA's count, which
-  includes attention and the optimizer, but may count a `while`/scan body once rather than
-  per trip: compare with the analytic figure), and an analytic matmul count
-  (2·params·tokens forward, 4·params·tokens backward for what is trained; attention excluded).
-* MFU = analytic model FLOPs / s / peak, where the device's peak is known (bf16 dense
-  table below); "n/a" on CPU.
-* baselines: `benchmarks/torch_dpo_step.py` and `benchmarks/trl_dpo_step.py` run as
-  subprocesses with the same shapes, each printing one JSON line; a baseline whose packages
-  are missing is reported as such, never estimated.
+* FLOPs per step, three ways: "counted" = matmul + convolution FLOPs of the traced step's
+  jaxpr with scan bodies multiplied by their length (attention included); "XLA" = the
+  compiled executable's `cost_analysis()['flops']`, which counts a scan (while) body ONCE,
+  not per layer, so it undercounts the scanned decoder; "analytic" = 2·N·tokens forward,
+  4·N·tokens more backward for trained weights (attention excluded).
+* MFU = counted FLOPs / s / the device's dense bf16 peak (PEAK_FLOPS); "n/a" on CPU.
+* CPU-s/step: the process's CPU time per step (all threads), a load-robust measure of work.
+* baselines: `benchmarks/torch_dpo_step.py` and `benchmarks/trl_dpo_step.py` (+ diagnostic
+  variants trl-gc, torch-1t) run as subprocesses with the same shapes. By default they run
+  in `--serve` mode and the implementations take turns one step at a time (rotating order),
+  so a shared machine's load drift hits every row alike; `--sequential` runs each in one block
+  (ours before and after the baselines). A baseline whose packages are missing is reported
+  as such, never estimated.
+* `--profile DIR`: one traced step (jax.profiler, XLA op level), op time by phase · module.
 
 `main(argv)` returns the results dict (the test calls it); `--write FILE` replaces the part
 of FILE between `<!-- bench:begin -->` and `<!-- bench:end -->`.
@@ -37,6 +42,7 @@ import logging
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -458,8 +464,8 @@ def bench_train(method: str, w: Workload, steps: int, warmup: int, eval_too: boo
 
 # ------------------------------------------------------------------------------ profile
 
-_PARTS = ("vision_tower", "multi_modal_projector", "lm_head", "self_attn", "mlp", "layernorm",
-          "embed", "dynamic_update_slice", "dynamic_slice", "concatenate")
+_PARTS = ("vision_tower", "multi_modal_projector", "lm_head", "attn projections", "attention core",
+          "mlp", "layernorm", "embed", "dynamic_update_slice", "dynamic_slice", "concatenate")
 
 
 def _op_category(op_name: str | None) -> str:
@@ -471,7 +477,12 @@ def _op_category(op_name: str | None) -> str:
         phase = "forward"
     else:
         phase = "update/other"   # optimizer, clipping, metrics: outside the loss
-    part = next((k for k in _PARTS if k in op_name), "other")
+    if "self_attn" in op_name and "vision_tower" not in op_name:
+        # LM attention: q/k/v/o matmuls vs the core (scores, softmax, RoPE, cache writes)
+        part = ("attn projections" if re.search(r"self_attn/[qkvo]_proj", op_name)
+                else "attention core")
+    else:
+        part = next((k for k in _PARTS if k in op_name), "other")
     return f"{phase} · {part}"
 
 
@@ -479,9 +490,6 @@ def profile_step(tb: "TrainBench", out_dir: str) -> dict:
     """Trace one train step with jax.profiler (XLA op level) and add up the op time (summed
     over the XLA worker threads) by phase · module (from each op's `op_name` metadata in the
     compiled HLO) and by fusion kind. Needs the profiler's trace.json.gz output."""
-    import glob
-    import gzip
-    import re
     import jax
     os.makedirs(out_dir, exist_ok=True)
     opts = jax.profiler.ProfileOptions()
@@ -491,9 +499,18 @@ def profile_step(tb: "TrainBench", out_dir: str) -> dict:
     wall = tb.step()
     jax.profiler.stop_trace()
     compiled = next(iter(tb.train_step.cache.values()))
-    hlo = compiled.as_text()
     with open(os.path.join(out_dir, "train_step.hlo.txt"), "w") as f:
-        f.write(hlo)
+        f.write(compiled.as_text())
+    return {**summarize_trace(out_dir), "step_wall_s": wall}
+
+
+def summarize_trace(out_dir: str) -> dict:
+    """Op time of the newest trace in `out_dir` by phase · module and by XLA op kind, using
+    the `op_name` metadata of `out_dir/train_step.hlo.txt`."""
+    import glob
+    import gzip
+    with open(os.path.join(out_dir, "train_step.hlo.txt")) as f:
+        hlo = f.read()
     meta = {m.group(1): m.group(2) for m in re.finditer(
         r"^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name=\"([^\"]*)\"", hlo, re.M)}
     traces = sorted(glob.glob(os.path.join(out_dir, "plugins", "profile", "*", "*.trace.json.gz")))
@@ -519,7 +536,7 @@ def profile_step(tb: "TrainBench", out_dir: str) -> dict:
         by_kind[kind] = by_kind.get(kind, 0.0) + dur
     total = sum(by_cat.values()) or float("nan")
     top = lambda d, n: [(k, v, v / total) for k, v in sorted(d.items(), key=lambda x: -x[1])[:n]]
-    return {"dir": out_dir, "step_wall_s": wall, "op_seconds_total": total,
+    return {"dir": out_dir, "op_seconds_total": total,
             "by_category": top(by_cat, 16), "by_kind": top(by_kind, 10)}
 
 
