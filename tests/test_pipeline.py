@@ -81,9 +81,7 @@ def _write(root):
                  "responses": [{"text": "blah " * 200, "scores": _scores(4)},
                                {"text": "No.", "scores": _scores(0)}]})
     path = os.path.join(root, "records.jsonl")
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    records_lib.write_jsonl(path, rows)
     return path, img, rows
 
 

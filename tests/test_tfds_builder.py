@@ -39,9 +39,7 @@ def _write_data(root):
             {"role": "user", "content": "<image>\n<image>\nSame?"}]},
     ]
     path = os.path.join(root, "records.jsonl")
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    records_lib.write_jsonl(path, rows)
     return path, img, rows
 
 
