@@ -193,10 +193,9 @@ def loss_fn_for(run: Run):
 class CompiledStep:
     """AOT-compiled step per batch shape (one shape unless the pipeline buckets lengths)."""
 
-    def __init__(self, fn, run: Run, donate: bool, kind: str):
+    def __init__(self, fn, run: Run, kind: str):
         self.run, self.kind, self.cache = run, kind, {}
         self.fn = fn
-        self.donate = donate
         self.compile_seconds = 0.0
         self.memory = None
 
@@ -233,7 +232,7 @@ def jit_steps(run: Run, batch_like: dict):
     evaluate = jax.jit(steps_lib.make_eval_step(loss_fn, n_micro),
                        in_shardings=(sh["state"].trainable, batch_sh, sh["frozen"], sh["ref"]),
                        out_shardings=sh["replicated"])
-    return CompiledStep(train, run, True, "train"), CompiledStep(evaluate, run, False, "eval")
+    return CompiledStep(train, run, "train"), CompiledStep(evaluate, run, "eval")
 
 
 def _summarise_eval(denom, sums) -> dict:
