@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from mmalign_jax import bench
+from mmalign_jax.models import presets
 
 
 def test_forward_bench_returns_finite_numbers():
@@ -14,7 +15,8 @@ def test_forward_bench_returns_finite_numbers():
     assert fwd["finite"]
     for k in ("s_per_step_median", "tokens_per_s", "compile_s", "analytic_flops", "jaxpr_flops"):
         assert math.isfinite(fwd[k]) and fwd[k] > 0, k
-    assert fwd["tokens_per_step"] == 4 * (64 + 64 + 64)   # 4 rows × (image + text + response)
+    n_img = presets.get_preset("tiny").num_image_tokens
+    assert fwd["tokens_per_step"] == 4 * (n_img + 64 + 64)   # 4 rows × (image + text + response)
     assert len(fwd["step_seconds"]) == 2
     assert fwd["mfu"] is None                               # CPU: peak unknown
     assert "| forward |" in res["markdown"]

@@ -44,6 +44,7 @@ def load_config(method: str, preset: str = "demo"):
 # line of a subprocess run (`--config.a.b=v`).
 TINY = {
     "model.init_from": "",
+    "model.vision_init": "",
     "data.source": "tfds",
     "data.response_len": 24,
     "data.seq_len": 144,
@@ -470,12 +471,16 @@ def test_sft_demo_eval_loss_decreases(tmp_path, data_dir):
     _, eval_step = loop.jit_steps(run, next(data.train_iterator()))
     before = loop.run_eval(run, eval_step, data.eval_iterator, 0)["eval/loss"]
     assert math.isfinite(before) and before > 3.0   # ~ln(1024) from a random init
+    again = loop.run_eval(run, eval_step, data.eval_iterator, 0)["eval/loss"]
+    assert again == pytest.approx(before, rel=1e-6)   # the cached eval loader restarts whole
 
     summary = loop.train(c)
     after = summary["eval/loss"]
     assert after < before - 0.5, (before, after)
     rows = metrics_lib.read_metrics(os.path.join(c.workdir, "metrics.jsonl"))
-    assert [r["step"] for r in rows if "eval/loss" in r] == [6]
+    evals = [(r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r]
+    assert [s for s, _ in evals] == [0, 6]
+    assert evals[0][1] == pytest.approx(before, rel=1e-5)   # step 0: the model before training
     train_losses = [r["loss"] for r in rows if "loss" in r]
     assert train_losses[-1] < train_losses[0]
 

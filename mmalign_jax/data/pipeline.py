@@ -584,6 +584,13 @@ class Loader:
                       "loader as it was, or pass check=False to force it")
         self.iterator.set_state(state["iterator"])
 
+    def restart(self) -> "Loader":
+        """Back to the first batch: one finite loader (e.g. the eval split) reused for every
+        pass instead of re-tokenizing the split each time."""
+        self.close()
+        self.iterator = iter(self.dataset)
+        return self
+
     def close(self) -> None:
         close = getattr(self.iterator, "close", None)
         if close is not None:

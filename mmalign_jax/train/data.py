@@ -18,7 +18,9 @@ from mmalign_jax.data import pipeline, tfds_builder
 log = logging.getLogger("mmalign_jax.train")
 
 DEMO_SPLITS = {"train": "train.jsonl", "eval": "eval.jsonl",
-               "sft_train": "sft_train.jsonl", "sft_eval": "sft_eval.jsonl"}
+               "sft_train": "sft_train.jsonl", "sft_eval": "sft_eval.jsonl",
+               "sft_text_train": "sft_text_train.jsonl", "sft_text_eval": "sft_text_eval.jsonl",
+               "text_train": "train_text.jsonl", "text_eval": "eval_text.jsonl"}
 
 
 def load_tokenizer(c):
@@ -58,6 +60,7 @@ class TrainData:
         self.tokenizer, self.tokenizer_dir = load_tokenizer(c)
         self.data_dir = demo_data_dir(c) if c.data.source == "demo" else c.data.data_dir
         self.ref_logps: dict | None = None
+        self._eval: pipeline.Loader | None = None
         self.train_source = tfds_builder.open_split(self.data_dir, c.data.train_split)
         self.eval_source = (tfds_builder.open_split(self.data_dir, c.data.eval_split)
                             if c.data.eval_split and c.train.eval_every else None)
@@ -99,14 +102,18 @@ class TrainData:
         """A fresh pass over the whole eval split (last batch padded with weight-0 rows)."""
         if self.eval_source is None:
             return iter(())
-        ref = None if self.ref_logps is None else self.ref_logps["eval"]
-        return self._loader(self.eval_source, False, 1, drop_remainder=False, ref=ref)
+        if self._eval is None:
+            ref = None if self.ref_logps is None else self.ref_logps["eval"]
+            self._eval = self._loader(self.eval_source, False, 1, drop_remainder=False, ref=ref)
+            return self._eval
+        return self._eval.restart()
 
     def attach_reference_logps(self, run, reference_step) -> None:
         """The published recipe: reference log-probs computed once, stored in the workdir
         (`reference_logps.npz`, reused on rerun), then read from the batches."""
         path = os.path.join(self.c.workdir, "reference_logps.npz")
         splits = {"train": self.train_source, "eval": self.eval_source}
+        self._eval = None  # rebuilt with the reference log-probs attached
         if os.path.exists(path):
             z = np.load(path)
             self.ref_logps = {s: {"chosen": z[f"{s}_chosen"], "rejected": z[f"{s}_rejected"]}

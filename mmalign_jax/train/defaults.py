@@ -28,6 +28,8 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.model.dtype = "float32"          # compute dtype ("bfloat16" on accelerators)
     c.model.param_dtype = "float32"    # storage of frozen weights; trained ones stay float32
     c.model.remat_policy = "none"      # none | full | dots | dots_no_batch
+    c.model.vision_init = ""           # random init only: DEMO_VISION or a vision_tower.msgpack
+    c.model.vision_pretrain_steps = 300
 
     c.lora = mlc.ConfigDict()
     c.lora.enabled = True
@@ -88,6 +90,7 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.train.log_every = 10
     c.train.eval_every = 100
     c.train.eval_batches = 0           # 0: the whole eval split
+    c.train.eval_at_start = True       # also evaluate the starting model (step 0)
     c.train.checkpoint_every = 200
     c.train.keep_checkpoints = 2
     c.train.async_checkpointing = True
@@ -104,6 +107,7 @@ def base_config(method: str) -> mlc.ConfigDict:
 def apply_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
     """The tiny model learns the demo task from scratch: full fine-tuning, vision included."""
     c.lora.enabled = False
+    c.model.vision_init = DEMO_VISION  # a "pretrained CLIP" for the demo (vision_pretrain.py)
     c.optim.lr = 2e-3
     c.optim.projector_lr = 2e-3
     c.optim.train_vision = True
@@ -119,6 +123,9 @@ def apply_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
     c.train.checkpoint_every = 200
     return c
 
+
+# `model.vision_init` value: pretrain the demo's vision tower on its scenes first.
+DEMO_VISION = "@demo-vision"
 
 # `model.init_from` value that makes a demo run train the demo SFT model first (in
 # <workdir>/sft, skipped once finished) and start from it, as the paper starts from LLaVA.

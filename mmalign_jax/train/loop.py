@@ -69,7 +69,38 @@ def base_params(c, cfg, shardings):
                                           sharding=shardings)
         return params
     init = jax.jit(lambda key: llava_lib.init_params(cfg, key), out_shardings=shardings)
-    return init(jax.random.PRNGKey(c.seed))
+    params = init(jax.random.PRNGKey(c.seed))
+    if c.model.get("vision_init"):
+        tower = vision_init_params(c, cfg)
+        params = dict(params)
+        params["vision_tower"] = jax.tree.map(
+            lambda x, s: jax.device_put(np.asarray(x, cfg.param_dtype), s), tower,
+            shardings["vision_tower"])
+    return params
+
+
+def vision_init_params(c, cfg) -> dict:
+    """Vision tower weights for a randomly initialised model: `defaults.DEMO_VISION` pretrains
+    the demo's encoder (once, cached in <workdir>/vision_pretrain), as LLaVA starts from a
+    pretrained CLIP; any other value is a `vision_tower.msgpack` written by that step."""
+    from flax import serialization
+    from mmalign_jax.data.demo import vision_pretrain
+    if c.model.vision_init == defaults.DEMO_VISION:
+        data_root = (os.path.join(c.workdir, "data") if c.data.source == "demo"
+                     else os.path.dirname(os.path.normpath(c.data.data_dir)))
+        records = os.path.join(data_root, data_lib.DEMO_SPLITS["sft_train"])
+        if not os.path.exists(records):
+            raise FileNotFoundError(
+                f"model.vision_init={defaults.DEMO_VISION!r} pretrains on the demo's {records}, "
+                "which does not exist: it is for the demo task only; set model.vision_init=''")
+        return vision_pretrain.pretrained_vision_tower(
+            cfg, records, os.path.join(c.workdir, "vision_pretrain"),
+            steps=c.model.vision_pretrain_steps, seed=c.seed)
+    path = c.model.vision_init
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                            llava_lib.abstract_params(cfg)["vision_tower"])
+    with open(path, "rb") as f:
+        return serialization.from_bytes(template, f.read())
 
 
 def params_from_run(workdir: str, cfg, shardings):
@@ -89,6 +120,9 @@ def params_from_run(workdir: str, cfg, shardings):
         variables["lora"] = lora_lib.init_lora(prev_cfg, params, jax.random.PRNGKey(0))
     trainable, _ = state_lib.split(variables, groups)
     trained = ckpt_lib.restore_trainable(workdir, trainable)
+    # Orbax restores onto the shardings the run saved with (its mesh); put them where the
+    # variables they replace live (e.g. one device when loading for inference).
+    trained = jax.tree.map(lambda t, ref: jax.device_put(t, ref.sharding), trained, trainable)
     variables = state_lib.merge(variables, trained)
     params = variables["params"]
     if prev_cfg.lora is not None:
@@ -294,7 +328,7 @@ def train(c) -> dict:
         log.info("resumed from %s at step %d", ckpt.directory, start)
     # Rows logged after the checkpoint we continue from (all of them when there is none: a
     # run stopped before its first checkpoint) are redone, so drop them.
-    writer.truncate_after(start or 0)
+    writer.truncate_after(-1 if start is None else start)
     start = int(run.state.step)
     summary_path = os.path.join(c.workdir, "summary.json")
     if start >= total_steps and os.path.exists(summary_path):
@@ -306,8 +340,13 @@ def train(c) -> dict:
     first = next(train_iter)
     train_step, eval_step = jit_steps(run, first)
     info = {"compile_seconds": None, "memory": None}
-    progress = _progress(c, total_steps, start)
     last_metrics = {}
+    if start == 0 and c.train.eval_every and c.train.eval_at_start:
+        # The curve's starting point: the model we start from, before any update.
+        last_metrics = run_eval(run, eval_step, data.eval_iterator, c.train.eval_batches)
+        writer.write(0, last_metrics)
+        log.info("step 0: %s", ", ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
+    progress = _progress(c, total_steps, start)
     local = first
     step = start
     try:

@@ -1,0 +1,1 @@
+"""Experiments built on the library (`python -m mmalign_jax.experiments.<name>`)."""

@@ -1,0 +1,31 @@
+"""`python -m mmalign_jax.pipeline --config configs/pipeline.py[:preset] [--config.x.y=v]`"""
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/pipeline.py[:preset]; override fields with --config.x.y=v",
+    lock_config=True)
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mmalign_jax.pipeline import recipe
+    from mmalign_jax.train import defaults, loop
+    try:
+        recipe.run(_CONFIG.value)
+    except (recipe.PipelineError, defaults.ConfigError, loop.TrainingDiverged,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

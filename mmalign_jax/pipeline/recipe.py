@@ -1,0 +1,467 @@
+"""The published recipe end to end, one command:
+
+    SFT → sample 4 candidates per prompt → annotate → pairs → {DPO, rejection sampling, SteerLM}
+        → evaluate
+
+    python -m mmalign_jax.pipeline --config configs/pipeline.py            # offline demo
+    python -m mmalign_jax.pipeline --config configs/pipeline.py:llava-1.5-13b \
+        --config.checkpoint=/ckpt/llava-1.5-13b-hf --config.prompts=/data/prompts.jsonl \
+        --config.eval_prompts=/data/heldout.jsonl --config.image_root=/data/images \
+        --config.annotate.annotator=gemini
+
+Every stage writes into `<workdir>/<stage>/` and, when it has finished, a marker
+`<workdir>/stages/<stage>.json` holding the stage's settings and result. A rerun skips a stage
+whose marker matches its current settings (and says so); a stage interrupted halfway
+resumes inside itself — training from its last checkpoint, sampling and annotation from
+their append-only outputs — so nothing finished is redone and nothing paid for is lost.
+Changing a stage's settings reruns it (and, through their settings, the stages that read
+its output).
+
+The demo (default): the library writes the synthetic visual task, trains the tiny SFT model
+(its vision tower pretrained first, `data/demo/vision_pretrain.py`), samples candidates
+from it, lets the ground-truth scorer annotate them (the same `Annotator` interface as
+Gemini), trains the three methods from the SFT model, and grades every model's greedy
+answers to held-out questions (`data/demo/answer_quality.py`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import ml_collections as mlc
+
+log = logging.getLogger("mmalign_jax.pipeline")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METHODS = ("standard_sft", "rejection_sampling", "steerlm", "dpo")
+DEMO_EVAL_SPLITS = {"vqa": "sft_eval.jsonl", "text": "sft_text_eval.jsonl"}
+
+
+class PipelineError(ValueError):
+    """A configuration or stage problem, with a sentence saying what to do."""
+
+
+# ------------------------------------------------------------------------------ configs
+
+def load_config(method: str, preset: str = "demo") -> mlc.ConfigDict:
+    """`configs/<method>.py:<preset>` as a ConfigDict (the same files the CLI reads)."""
+    path = os.path.join(ROOT, "configs", f"{method}.py")
+    if not os.path.exists(path):
+        raise PipelineError(f"no config file {path} for method {method!r}")
+    spec = importlib.util.spec_from_file_location(f"_mmalign_config_{method}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(preset)
+
+
+def _as_dict(x) -> dict:
+    if isinstance(x, mlc.ConfigDict):
+        return x.to_dict()
+    return dict(x or {})
+
+
+# ------------------------------------------------------------------------------ stages
+
+class Stages:
+    """Runs named stages once: a stage is skipped when its marker holds the same settings."""
+
+    def __init__(self, workdir: str):
+        self.dir = os.path.join(workdir, "stages")
+        os.makedirs(self.dir, exist_ok=True)
+        self.ran: List[str] = []
+        self.skipped: List[str] = []
+
+    @staticmethod
+    def fingerprint(settings: dict) -> str:
+        blob = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run(self, name: str, settings: dict, fn: Callable[[], dict]) -> dict:
+        path = os.path.join(self.dir, f"{name}.json")
+        fp = self.fingerprint(settings)
+        if os.path.exists(path):
+            with open(path) as f:
+                marker = json.load(f)
+            if marker.get("fingerprint") == fp:
+                log.info("stage %-20s done earlier (%s): skipped", name, path)
+                self.skipped.append(name)
+                return marker["result"]
+            log.info("stage %-20s settings changed since it ran: running it again", name)
+        log.info("stage %-20s running", name)
+        t0 = time.time()
+        result = fn() or {}
+        marker = {"stage": name, "fingerprint": fp, "settings": settings,
+                  "seconds": round(time.time() - t0, 1), "result": result}
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(marker, f, indent=2, default=str)
+        os.replace(tmp, path)
+        self.ran.append(name)
+        return result
+
+
+# ----------------------------------------------------------------------- the stage bodies
+
+def _train(c: mlc.ConfigDict) -> dict:
+    from mmalign_jax.train import loop
+    summary = loop.train(c)
+    return {"workdir": c.workdir, **{k: v for k, v in summary.items()
+                                     if isinstance(v, (int, float)) and k != "memory"}}
+
+
+def demo_data(p) -> dict:
+    """The synthetic task: prompts (their made-up candidates are replaced by samples later),
+    SFT conversations, text tasks and held-out splits, plus the SFT stage's TFDS splits."""
+    from mmalign_jax.data import tfds_builder
+    from mmalign_jax.data.demo import generate
+    from mmalign_jax.train import data as train_data
+
+    out = os.path.join(p.workdir, "data")
+    d = p.demo
+    paths = generate.write_dataset(out, d.n_prompts, d.n_eval_prompts, p.seed,
+                                   n_sft_train=d.n_sft_train, n_sft_eval=d.n_sft_eval,
+                                   n_text_train=d.n_text_train, n_text_eval=d.n_text_eval)
+    splits = ("sft_train", "sft_eval", "sft_text_train", "sft_text_eval")
+    tfds_builder.build({s: os.path.join(out, train_data.DEMO_SPLITS[s]) for s in splits},
+                       os.path.join(out, "images"), os.path.join(out, "tfds"), strict=True,
+                       overwrite=True, progress=p.progress)
+    return {"dir": out, "files": {k: os.path.relpath(v, out) for k, v in paths.items()}}
+
+
+def stage_config(p, template: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
+    """A demo training stage on the SFT splits built by the data stage."""
+    c = copy.deepcopy(template)
+    c.workdir = os.path.join(p.workdir, name)
+    c.seed = p.seed
+    c.data.source = "tfds"
+    c.data.data_dir = os.path.join(p.workdir, "data", "tfds")
+    c.train.progress = p.progress
+    return c
+
+
+def sft_config(p) -> mlc.ConfigDict:
+    return stage_config(p, p.sft, "sft")
+
+
+def prompt_files(p) -> Dict[str, str]:
+    if p.task == "demo":
+        data = os.path.join(p.workdir, "data")
+        return {"train": os.path.join(data, "train.jsonl"), "eval": os.path.join(data, "eval.jsonl")}
+    files = {"train": p.prompts}
+    if p.eval_prompts:
+        files["eval"] = p.eval_prompts
+    return files
+
+
+def image_root(p) -> str:
+    return os.path.join(p.workdir, "data", "images") if p.task == "demo" else p.image_root
+
+
+def sample(p, sft_model: str, split: str, prompts: str) -> dict:
+    from mmalign_jax.generate import candidates
+    c = candidates.default_config()
+    c.checkpoint = sft_model
+    c.records = prompts
+    c.image_root = image_root(p)
+    c.out = os.path.join(p.workdir, "candidates", f"{split}.jsonl")
+    c.seed = p.seed
+    c.progress = p.progress
+    c.batch_size = p.sample.batch_size
+    c.dtype = p.sample.dtype
+    for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens"):
+        c.sampling[k] = p.sample[k]
+    summary = candidates.run(c)
+    return {"out": c.out, **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}
+
+
+def make_annotator(p):
+    from mmalign_jax import annotate
+    a = p.annotate
+    if a.annotator == "demo":
+        return annotate.DemoAnnotator()
+    if a.annotator == "gemini":
+        from mmalign_jax.remote import RateLimiter, make_client
+        client = make_client(a.provider, a.model, base_url=a.base_url or None)
+        limiter = RateLimiter(a.rate_per_minute) if a.rate_per_minute else None
+        return annotate.GeminiAnnotator(client, image_root=image_root(p), rate_limiter=limiter)
+    raise PipelineError(f"annotate.annotator {a.annotator!r}: use demo or gemini")
+
+
+def annotate_split(p, split: str, candidates_path: str) -> dict:
+    """Scores every candidate (resumable), then writes scored records for the trainers."""
+    from mmalign_jax import annotate
+    from mmalign_jax.data import pairs as pairs_lib
+    from mmalign_jax.data import records as records_lib
+
+    loaded = records_lib.load_records(candidates_path, strict=True)
+    recs = [r for r in loaded.records if r.responses]
+    out = os.path.join(p.workdir, "annotations", f"{split}.jsonl")
+    annotator = make_annotator(p)
+    report = annotate.annotate_records(recs, annotator, out, concurrency=p.annotate.concurrency,
+                                       progress=p.progress)
+    if not report.complete:
+        raise PipelineError(
+            f"annotation of {split}: {len(report.failed)} prompt(s) failed (see "
+            f"{annotate.output_paths(out)['report']}); rerun the pipeline to retry only those")
+    scored = annotate.apply_annotations(recs, out)
+    path = os.path.join(p.workdir, "scored", f"{split}.jsonl")
+    records_lib.write_records(path, scored)
+    pairs = pairs_lib.make_pairs(scored, p.pairs.rule, seed=p.seed, margin=p.pairs.margin)
+    return {"scored": path, "annotations": out, "candidates": report.candidates,
+            "cost_usd": report.cost_usd, "pairs": pairs_lib.pair_stats(scored, pairs)}
+
+
+def reference_answers(p, split: str, prompts: str) -> str:
+    """Standard SFT's data: the prompts with the dataset's own answers (demo: the canonical
+    answer in `meta.answer`; custom: prompt records that end with an assistant turn)."""
+    from mmalign_jax.data import records as records_lib
+    recs = records_lib.load_records(prompts, strict=True).records
+    out = []
+    for r in recs:
+        conv = [dict(t) for t in r.conversation]
+        if conv[-1]["role"] != "assistant":
+            answer = (r.meta or {}).get("answer")
+            if not answer:
+                raise PipelineError(
+                    f"{prompts}: record {r.id!r} has no reference answer (neither a final "
+                    "assistant turn nor meta.answer): standard_sft needs one per prompt")
+            conv.append({"role": "assistant", "content": answer})
+        out.append(dataclasses.replace(r, conversation=conv, responses=[]))
+    path = os.path.join(p.workdir, "standard", f"{split}.jsonl")
+    records_lib.write_records(path, out)
+    return path
+
+
+def build_training_data(p, scored: Dict[str, str], standard: Dict[str, str]) -> dict:
+    """One TFDS dataset: scored candidates (`train`/`eval`) and, for standard SFT, the
+    reference answers (`standard_train`/`standard_eval`)."""
+    from mmalign_jax.data import tfds_builder
+    out = os.path.join(p.workdir, "preferences", "tfds")
+    splits = dict(scored)
+    splits.update({f"standard_{k}": v for k, v in standard.items()})
+    tfds_builder.build(splits, image_root(p), out, strict=True, overwrite=True,
+                       progress=p.progress)
+    return {"data_dir": out, "splits": sorted(splits)}
+
+
+def method_config(p, method: str, seed: int, init_from: str, data_dir: str,
+                  has_eval: bool) -> mlc.ConfigDict:
+    c = copy.deepcopy(p[method])
+    c.workdir = method_workdir(p, method, seed)
+    c.seed = seed
+    c.data.source = "tfds"
+    c.data.data_dir = data_dir
+    prefix = "standard_" if method == "standard_sft" else ""
+    c.data.train_split = f"{prefix}train"
+    c.data.eval_split = f"{prefix}eval" if has_eval else ""
+    if not has_eval:
+        c.train.eval_every = 0
+    c.data.pair_rule = p.pairs.rule
+    c.data.pair_margin = p.pairs.margin
+    c.train.progress = p.progress
+    if p.task == "demo" or os.path.exists(os.path.join(init_from, "checkpoints")):
+        c.model.init_from = init_from
+    else:
+        c.model.init_from = ""
+        c.model.hf_checkpoint = init_from
+    return c
+
+
+def method_workdir(p, method: str, seed: int) -> str:
+    return os.path.join(p.workdir, method if seed == p.seed else f"{method}-seed{seed}")
+
+
+def method_seeds(p) -> List[int]:
+    return [int(x) for x in str(p.method_seeds).split(",") if x.strip()] or [p.seed]
+
+
+def evaluate_demo(p, models: Dict[str, List[str]]) -> dict:
+    """Greedy answers of every model to held-out questions, graded by the ground truth."""
+    from mmalign_jax.data.demo import answer_quality
+    from mmalign_jax.data.records import write_jsonl
+    from mmalign_jax.evaluate import answers
+    from mmalign_jax.generate import candidates
+
+    data = os.path.join(p.workdir, "data")
+    sets = {}
+    for name, fname in DEMO_EVAL_SPLITS.items():
+        with open(os.path.join(data, fname)) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        sets[name] = rows[: p.evaluate.n_prompts] if p.evaluate.n_prompts else rows
+    per_run: Dict[str, List[dict]] = {}
+    for label, paths in models.items():
+        steer = None
+        if label.startswith("steerlm"):
+            targets = candidates.parse_targets(p.evaluate.steerlm_attributes[label])
+            fmt = p.steerlm.data.steerlm_format
+            steer = (lambda conv, t=targets, f=fmt: candidates.condition(conv, t, f))
+        for path in paths:
+            m = answers.load_model(path, name=label)
+            row = {}
+            for name, recs in sets.items():
+                summary, graded = answer_quality.evaluate_model(
+                    m.model, m.variables, m.tokenizer, recs, template=m.template,
+                    batch_size=p.evaluate.batch_size, max_new_tokens=p.evaluate.max_new_tokens,
+                    condition=steer)
+                row[name] = summary
+                tag = os.path.basename(os.path.normpath(path))
+                write_jsonl(os.path.join(p.workdir, "evaluation", f"{label}.{tag}.{name}.jsonl"),
+                            graded)
+            per_run.setdefault(label, []).append(row)
+            log.info("%s (%s): VQA accuracy %.3f, hallucination %.3f, words %.1f; text "
+                     "accuracy %.3f", label, path, row["vqa"]["accuracy"],
+                     row["vqa"]["hallucination_rate"], row["vqa"]["words"], row["text"]["accuracy"])
+    results = {label: aggregate(rows) for label, rows in per_run.items()}
+    table = results_table(results)
+    with open(os.path.join(p.workdir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(p.workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(table)
+    return {"results": os.path.join(p.workdir, "results.json")}
+
+
+SUMMARY_METRICS = ("accuracy", "strict_accuracy", "hallucination_rate", "incoherent_rate", "words")
+
+
+def aggregate(rows: List[dict]) -> dict:
+    """Per held-out set and metric: mean, std (population, over seeds) and the values."""
+    import statistics
+    out: Dict[str, Any] = {"runs": len(rows)}
+    for name in rows[0]:
+        out[name] = {"n": rows[0][name]["n"]}
+        for k in SUMMARY_METRICS:
+            vals = [r[name][k] for r in rows]
+            out[name][k] = {"mean": statistics.fmean(vals),
+                            "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+                            "values": vals}
+        out[name]["by_kind"] = [r[name].get("by_kind", {}) for r in rows]
+    return out
+
+
+def _ms(x: dict, digits: int = 3) -> str:
+    return (f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}" if len(x["values"]) > 1
+            else f"{x['mean']:.{digits}f}")
+
+
+def results_table(results: Dict[str, dict]) -> str:
+    head = ("| model | runs | VQA accuracy | strict | hallucination | incoherent | words | "
+            "text accuracy | text hallucination |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for label, r in results.items():
+        v, t = r["vqa"], r["text"]
+        lines.append(f"| {label} | {r['runs']} | {_ms(v['accuracy'])} | {_ms(v['strict_accuracy'])} | "
+                     f"{_ms(v['hallucination_rate'])} | {_ms(v['incoherent_rate'])} | "
+                     f"{_ms(v['words'], 1)} | {_ms(t['accuracy'])} | {_ms(t['hallucination_rate'])} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ the run
+
+def validate(p) -> None:  # noqa: C901
+    def need(cond, msg):
+        if not cond:
+            raise PipelineError(msg)
+    need(p.task in ("demo", "custom"), f"task {p.task!r}: use demo or custom")
+    methods = [m for m in p.methods.split(",") if m]
+    for m in methods:
+        need(m in METHODS, f"methods: {m!r} is not one of {METHODS}")
+    if p.task == "custom":
+        need(bool(p.checkpoint), "task=custom needs --config.checkpoint (the SFT model: a "
+             "llava-hf folder or a training workdir)")
+        need(bool(p.prompts) and os.path.isfile(p.prompts),
+             f"task=custom needs --config.prompts=FILE (records ending in a user turn); "
+             f"got {p.prompts!r}")
+        need(bool(p.image_root), "task=custom needs --config.image_root")
+    need(p.annotate.annotator in ("demo", "gemini"), "annotate.annotator: demo | gemini")
+    if p.task == "custom":
+        need(p.annotate.annotator != "demo", "the demo annotator only knows the demo task: "
+             "use --config.annotate.annotator=gemini")
+
+
+def run(p) -> dict:
+    """Run (or finish) every stage; returns {stage: result}."""
+    validate(p)
+    os.makedirs(p.workdir, exist_ok=True)
+    stages = Stages(p.workdir)
+    out: Dict[str, Any] = {}
+    settings = lambda *keys: {k: _as_dict(p[k]) if isinstance(p[k], mlc.ConfigDict) else p[k]  # noqa: E731
+                              for k in keys}
+
+    models: Dict[str, List[str]] = {}
+    if p.task == "demo":
+        out["data"] = stages.run("data", settings("seed", "demo"), lambda: demo_data(p))
+        sft = sft_config(p)
+        if p.base_lm_enabled:
+            # The study's starting point is an instruction-tuned LLM (Vicuna) that visual
+            # tuning then degrades: train the tiny LM on the text tasks first.
+            base = stage_config(p, p.base_lm, "base_lm")
+            out["base_lm"] = stages.run("base_lm", {"data": out["data"], "config": base.to_dict()},
+                                        lambda: _train(base))
+            sft.model.init_from = base.workdir
+            models["base_lm"] = [base.workdir]
+        out["sft"] = stages.run("sft", {"data": out["data"], "config": sft.to_dict()},
+                                lambda: _train(sft))
+        sft_model = sft.workdir
+    else:
+        sft_model = p.checkpoint
+
+    scored = {}
+    for split, prompts in prompt_files(p).items():
+        cand = stages.run(f"sample_{split}",
+                          {"model": sft_model, "prompts": prompts, "upstream": out.get("sft"),
+                           **settings("seed", "sample")},
+                          lambda split=split, prompts=prompts: sample(p, sft_model, split, prompts))
+        ann = stages.run(f"annotate_{split}",
+                         {"candidates": cand, **settings("seed", "annotate", "pairs")},
+                         lambda split=split, cand=cand: annotate_split(p, split, cand["out"]))
+        out[f"sample_{split}"], out[f"annotate_{split}"] = cand, ann
+        scored[split] = ann["scored"]
+    methods = [m for m in p.methods.split(",") if m]
+    standard = {}
+    if "standard_sft" in methods:
+        for split, prompts in prompt_files(p).items():
+            standard[split] = stages.run(
+                f"reference_{split}", {"prompts": prompts, "upstream": out.get("data")},
+                lambda split=split, prompts=prompts: {"path": reference_answers(p, split, prompts)}
+            )["path"]
+    prefs = stages.run("preferences", {"scored": {s: out[f"annotate_{s}"] for s in scored},
+                                       "standard": standard},
+                       lambda: build_training_data(p, scored, standard))
+    out["preferences"] = prefs
+
+    models["sft"] = [sft_model]
+    for method in methods:
+        for seed in method_seeds(p):
+            c = method_config(p, method, seed, sft_model, prefs["data_dir"], "eval" in scored)
+            name = method if seed == p.seed else f"{method}-seed{seed}"
+            out[name] = stages.run(name, {"preferences": prefs, "upstream": out.get("sft"),
+                                          "config": c.to_dict()},
+                                   lambda c=c: _train(c))
+            labels = list(p.evaluate.steerlm_attributes) if method == "steerlm" else [method]
+            for label in labels:
+                models.setdefault(label, []).append(c.workdir)
+
+    if p.task == "demo" and p.evaluate.enabled:
+        out["evaluate"] = stages.run(
+            "evaluate", {"models": models, "upstream": {k: out.get(k) for k in models},
+                         **settings("evaluate")},
+            lambda: evaluate_demo(p, models))
+
+    if not stages.ran:
+        msg = (f"pipeline: all {len(stages.skipped)} stages were already done in {p.workdir}; "
+               "nothing to do")
+    else:
+        msg = (f"pipeline: ran {', '.join(stages.ran)}"
+               + (f"; skipped (done earlier) {', '.join(stages.skipped)}" if stages.skipped else ""))
+    log.info(msg)
+    print(msg)
+    out["ran"], out["skipped"] = stages.ran, stages.skipped
+    return out
