@@ -91,7 +91,11 @@ def get_config(preset: str = "demo"):
     })
 
     if preset == "demo":
-        pass
+        # The preference set is the SFT model's own samples on n_prompts prompts (fewer pairs
+        # than the method configs' synthetic demo data): train by epochs.
+        for method, epochs in (("dpo", 3), ("rejection_sampling", 2), ("steerlm", 1),
+                               ("standard_sft", 2)):
+            c[method].train.num_epochs, c[method].train.max_steps = epochs, 0
     elif preset in PAPER_PRESETS:
         c.task = "custom"
         c.workdir = f"workdir/pipeline-{preset}"

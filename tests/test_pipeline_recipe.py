@@ -17,8 +17,10 @@ from mmalign_jax.pipeline import recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# One device: the stages' plumbing is what is tested here (sharding is tested in test_train).
 TRAIN = {"train.global_batch_size": 8, "train.max_steps": 2, "train.eval_every": 0,
-         "train.checkpoint_every": 100, "train.log_every": 1}
+         "train.checkpoint_every": 100, "train.log_every": 1, "mesh.num_devices": 1,
+         "mesh.shape.data": 1}
 
 
 def pipeline_config(workdir):
@@ -36,8 +38,11 @@ def pipeline_config(workdir):
     for stage in ("sft", "dpo", "rejection_sampling", "steerlm"):
         c = p[stage]
         for k, v in TRAIN.items():
-            a, b = k.split(".")
-            c[a][b] = v
+            *parents, leaf = k.split(".")
+            node = c
+            for part in parents:
+                node = node[part]
+            node[leaf] = v
     p.sft.model.vision_pretrain_steps = 5
     p.sft.data.seq_len = 112
     return p

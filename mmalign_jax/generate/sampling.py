@@ -1,5 +1,8 @@
 """Batched KV-cache generation: greedy, temperature, top-k and top-p (nucleus) sampling.
 
+(The library half of `mmalign_jax.generate`; `candidates.py` is the sampling command built
+on it. Import from `mmalign_jax.generate`, which re-exports everything below.)
+
 Two layers:
 
 * `generate_tokens(model, variables, prompt_ids, prompt_mask, pixel_values, image_mask,
@@ -35,7 +38,10 @@ the boundary are kept), then top-p keeps the smallest set of most probable token
 probability mass reaches ``top_p`` (the most probable token is always kept; ties at the
 boundary logit are kept), and a token is drawn from the softmax of what is left. Random
 numbers: the key of row ``r`` at step ``t`` is ``fold_in(fold_in(rng, t), r)``, so results
-are a deterministic function of ``rng`` (and of the batch layout).
+are a deterministic function of ``rng`` (and of the batch layout). With one key per prompt
+(``rng`` of shape ``[B]``, typed, or ``[B, 2]`` raw uint32) sample ``j`` of prompt ``b`` uses
+``fold_in(fold_in(rng[b], j), t)`` instead: a prompt's samples then do not depend on which
+other prompts share its batch (what the candidate sampler uses: one key per record id).
 
 `GenerationOutput.logps` are the log-probabilities of the emitted tokens under the *raw*
 model distribution (softmax of the unmodified logits — no temperature, no filtering),
@@ -214,6 +220,37 @@ def _row_keys(rng: jax.Array, step: jax.Array, rows: int) -> jax.Array:
     return jax.vmap(lambda r: jax.random.fold_in(step_key, r))(jnp.arange(rows))
 
 
+def _is_key_per_prompt(rng, batch: int) -> bool:
+    """`rng` holds one key per prompt: typed keys `[B]` or raw uint32 keys `[B, 2]`."""
+    typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    shape = tuple(rng.shape)
+    if typed:
+        if shape == ():
+            return False
+        if shape == (batch,):
+            return True
+    else:
+        if len(shape) == 1:
+            return False
+        if len(shape) == 2 and shape[0] == batch:
+            return True
+    raise ValueError(f"rng must be one PRNG key or one key per prompt ([{batch}] typed keys or "
+                     f"[{batch}, 2] raw keys); got shape {shape} dtype {rng.dtype}")
+
+
+def _sample_keys(rng: jax.Array, batch: int, n: int):
+    """`step -> [batch * n] keys`: one stream per (prompt, sample) when `rng` holds a key per
+    prompt, else row `r` at step `t` uses `fold_in(fold_in(rng, t), r)`."""
+    rows = batch * n
+    if not _is_key_per_prompt(rng, batch):
+        return lambda t: _row_keys(rng, t, rows)
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    base = jax.vmap(jax.random.fold_in)(jnp.repeat(rng, n, axis=0),
+                                        jnp.tile(jnp.arange(n, dtype=jnp.uint32), batch))
+    return lambda t: jax.vmap(lambda k: jax.random.fold_in(k, t))(base)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -258,6 +295,7 @@ def _generate(model, sampling: SamplingConfig, dynamic, variables, prompt_ids, p
     prompt_len = rep(jnp.sum(prompt_mask, axis=1))
 
     eos, pad = dynamic["eos"], dynamic["pad"]
+    keys_at = _sample_keys(rng, b, n)
 
     def cond(state):
         t, _, _, _, _, _, done, _ = state
@@ -265,7 +303,7 @@ def _generate(model, sampling: SamplingConfig, dynamic, variables, prompt_ids, p
 
     def body(state):
         t, cache, slot_mask, logits, tokens, logps, done, lengths = state
-        tok = sample_logits(_row_keys(rng, t, rows), logits, sampling,
+        tok = sample_logits(keys_at(t), logits, sampling,
                             dynamic["temperature"], dynamic["top_p"])
         tok = jnp.where(done, pad, tok)
         lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=1)[:, 0]
@@ -328,7 +366,9 @@ def generate_tokens(
     sampling:     `SamplingConfig`. Compiled once per (max_new_tokens, n, greedy or not,
                   top_k, top-p on/off, number of EOS ids); temperature, top_p, EOS and pad
                   values are runtime inputs (changing them does not recompile).
-    rng:          PRNG key (typed or raw); ignored for greedy decoding.
+    rng:          PRNG key (typed or raw), or one key per prompt (`[B]` typed / `[B, 2]`
+                  raw: sample j of prompt b then depends only on `rng[b]`, see the module
+                  docstring); ignored for greedy decoding.
 
     Returns `GenerationOutput(tokens [B*n, max_new], lengths [B*n], logps [B*n, max_new])`.
     """
@@ -338,10 +378,12 @@ def generate_tokens(
     if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
         raise ValueError(f"prompt_ids and prompt_mask must both be [batch, length]; got "
                          f"{prompt_ids.shape} and {prompt_mask.shape}")
-    try:
-        m = np.asarray(prompt_mask)
-    except jax.errors.TracerArrayConversionError:  # called under jit: cannot check
-        m = None
+    m = None
+    if getattr(prompt_mask, "is_fully_addressable", True):  # multi-host arrays: not checked
+        try:
+            m = np.asarray(prompt_mask)
+        except jax.errors.TracerArrayConversionError:  # called under jit: cannot check
+            m = None
     if m is not None and m.size and not np.all(m[:, -1]):
         raise ValueError("prompts must be LEFT padded: prompt_mask[:, -1] must be 1 for "
                          "every row (the last column holds each prompt's last token)")
@@ -359,6 +401,7 @@ def generate_tokens(
         image_mask = None
     if rng is None:
         rng = jax.random.key(0)
+    _is_key_per_prompt(rng, prompt_ids.shape[0])  # a wrong shape fails here, not in the trace
     return _generate(model, _static_part(sampling), _dynamic_part(sampling), variables,
                      prompt_ids, prompt_mask, pixel_values, image_mask, rng)
 

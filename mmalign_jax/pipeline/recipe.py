@@ -174,6 +174,7 @@ def sample(p, sft_model: str, split: str, prompts: str) -> dict:
     c.seed = p.seed
     c.progress = p.progress
     c.batch_size = p.sample.batch_size
+    c.mesh = copy.deepcopy(p.sft.mesh)        # the devices the training stages use
     c.dtype = p.sample.dtype
     for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens"):
         c.sampling[k] = p.sample[k]

@@ -112,7 +112,7 @@ def apply_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
     c.optim.projector_lr = 2e-3
     c.optim.train_vision = True
     c.optim.warmup_ratio = 0.05
-    c.data.seq_len = 160
+    c.data.seq_len = 112               # 9 image tokens + system prompt + question + answer
     c.data.train_split = "sft_train"
     c.data.eval_split = "sft_eval"
     c.train.global_batch_size = 32
