@@ -27,6 +27,31 @@ class StoreError(ValueError):
     pass
 
 
+class JobLocked(RuntimeError):
+    """Another process holds the job's lock file (it is writing the same output)."""
+
+
+def exclusive_lock(path: str, what: str):
+    """An exclusive lock on `path` for the caller's lifetime (close the returned file to
+    release it): two jobs appending to one output would redo and interleave each other's
+    rows. The OS drops the lock when the process dies (kill -9 included), so a crashed job
+    never blocks its rerun. `what` names the job in the error ("annotation job", ...)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "a")
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: no lock, the rest still works
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        target = path[:-len(".lock")] if path.endswith(".lock") else path
+        raise JobLocked(f"another {what} is writing {target} (it holds {path}); wait for it "
+                        "to finish or stop it, then rerun") from None
+    return f
+
+
 class JsonlStore:
     """`key`: the field holding each row's key, or a function of the row. Later rows with
     the same key replace earlier ones in `get`/`rows` (a retried failure that later

@@ -36,7 +36,7 @@ from typing import Sequence
 from ..data.records import ATTRIBUTES, Record
 from ..remote import PRICES_PER_MTOK, AuthError, estimate_cost, run_parallel
 from ..remote.jobs import JobAborted
-from ..store import JsonlStore
+from ..store import JobLocked, JsonlStore, exclusive_lock  # noqa: F401 (JobLocked re-exported)
 from .annotator import Annotation, AnnotationFailed, Annotator, candidates_hash
 
 log = logging.getLogger(__name__)
@@ -145,29 +145,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-class JobLocked(RuntimeError):
-    """Another process is annotating into the same output file."""
-
-
-def _lock(path: str):
-    """An exclusive lock on `<out>.lock` for the job's lifetime: two jobs appending to one
-    file would both annotate the same prompts. The OS drops the lock when the process dies
-    (kill -9 included), so a crashed job never blocks the rerun."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = open(path, "a")
-    try:
-        import fcntl
-    except ImportError:   # not POSIX: no lock, the rest still works
-        return f
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise JobLocked(f"another annotation job is writing {path[:-len('.lock')]} (it holds "
-                        f"{path}); wait for it to finish or stop it, then rerun") from None
-    return f
-
-
 def annotate_records(records: Sequence[Record], annotator: Annotator, out_path: str, *,
                      concurrency: int = 8, progress: bool = True,
                      rejected: Sequence[tuple] = (),
@@ -179,7 +156,7 @@ def annotate_records(records: Sequence[Record], annotator: Annotator, out_path: 
     `remote.client.PRICES_PER_MTOK`."""
     t0 = time.time()
     paths = output_paths(out_path)
-    lock = _lock(paths["lock"])
+    lock = exclusive_lock(paths["lock"], "annotation job")
     try:
         return _annotate(records, annotator, out_path, paths, t0, concurrency, progress,
                          rejected, prices)

@@ -122,80 +122,40 @@ class EvalModel:
         return [texts[0] for texts in out]
 
 
-def _tokenizer_from(path: str, cfg):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    # A folder holding only tokenizer.json (no tokenizer_config.json) loads without special
-    # tokens: take them from the model config so EOS stops generation.
-    if getattr(tok, "eos_token", None) is None:
-        tok.eos_token = tok.convert_ids_to_tokens(int(cfg.text.eos_token_id))
-    if getattr(tok, "bos_token", None) is None and cfg.text.bos_token_id is not None:
-        tok.bos_token = tok.convert_ids_to_tokens(int(cfg.text.bos_token_id))
-    return tok
-
-
-def is_training_workdir(path: str) -> bool:
-    cfg = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg):
-        return False
-    with open(cfg) as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError:
-            return False
-    return isinstance(raw, dict) and "method" in raw and "model" in raw and "train" in raw
-
-
 def load_model(path: str, *, name: Optional[str] = None, dtype: Optional[str] = None,
                tokenizer: Optional[str] = None, template: Optional[str] = None,
                image_mode: Optional[str] = None, batch_size: int = 8) -> EvalModel:
     """The model at `path`: a llava-hf folder (`config.json` + safetensors + tokenizer files)
     or the workdir of a `python -m mmalign_jax.train` run (its final weights, LoRA merged;
-    tokenizer, template and image mode from the run's config).
+    tokenizer, template and image mode from the run's config), on one device — loaded by
+    the sampling command's loader (`generate.candidates.load_model`).
 
-    dtype: parameter/compute dtype (default float32 for a llava-hf folder, the run's own for a
-    workdir). tokenizer: a tokenizer folder overriding the model's. template/image_mode:
-    override the conversation template (`vicuna_v1`, LLaVA-1.5's eval default) and image
-    preprocessing (`pad`). name: how reports call the model (default: the folder name).
+    dtype: parameter/compute dtype (default float32). tokenizer: a tokenizer folder (or
+    'demo') overriding the model's. template/image_mode: override the conversation template
+    (`vicuna_v1`, LLaVA-1.5's eval default) and image preprocessing (`pad`). name: how
+    reports call the model (default: the folder name).
     """
     import jax
 
-    from mmalign_jax.models import llava as llava_lib
+    from mmalign_jax import parallel
+    from mmalign_jax.generate import candidates
 
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--model {path}: not a folder; pass a llava-hf checkpoint "
                                 "folder or a training workdir")
-    label = name or os.path.basename(os.path.normpath(path))
-    if is_training_workdir(path):
-        import ml_collections as mlc
-
-        from mmalign_jax.train import data as train_data
-        from mmalign_jax.train import loop
-
-        with open(os.path.join(path, "config.json")) as f:
-            c = mlc.ConfigDict(json.load(f))
-        cfg = loop.model_config(c).replace(lora=None)
-        if dtype:
-            cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, llava_lib.abstract_params(cfg))
-        params = loop.params_from_run(path, cfg, shardings)
-        tok = (_tokenizer_from(tokenizer, cfg) if tokenizer else train_data.load_tokenizer(c)[0])
-        template = template or c.data.template
-        image_mode = image_mode or c.data.image_mode
-    else:
-        from mmalign_jax import convert
-
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"--model {path}: no config.json; expected a llava-hf "
-                                    "folder or a training workdir")
-        cfg, params = convert.load_hf_llava(path, dtype=dtype or "float32")
-        tok = _tokenizer_from(tokenizer or path, cfg)
-    return EvalModel(name=label, path=path, cfg=cfg, model=llava_lib.Llava(cfg),
-                     variables={"params": params}, tokenizer=tok,
-                     template=template or "vicuna_v1", image_mode=image_mode or "pad",
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"--model {path}: no config.json; expected a llava-hf "
+                                "folder or a training workdir")
+    c = candidates.default_config()
+    c.checkpoint, c.model_name = path, name or ""
+    c.dtype = dtype or "float32"
+    c.tokenizer, c.template, c.image_mode = tokenizer or "", template or "", image_mode or ""
+    devices = jax.devices()[:1]
+    mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices)
+    m = candidates.load_model(c, mesh, tuple(tuple(r) for r in c.mesh.rules))
+    return EvalModel(name=m.name, path=path, cfg=m.cfg, model=m.model, variables=m.variables,
+                     tokenizer=m.tokenizer, template=m.template, image_mode=m.image_mode,
                      batch_size=batch_size)
 
 

@@ -196,13 +196,25 @@ def checkpoint_kind(path: str, kind: str = "auto") -> str:
                         "a llava-hf folder (*.safetensors); set checkpoint_kind or fix the path")
 
 
-def _tokenizer(spec: str, fallback):
+def hf_tokenizer(path: str, cfg):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    # A folder holding only tokenizer.json (no tokenizer_config.json) loads without special
+    # tokens: take them from the model config so EOS stops generation.
+    if getattr(tok, "eos_token", None) is None:
+        tok.eos_token = tok.convert_ids_to_tokens(int(cfg.text.eos_token_id))
+    if getattr(tok, "bos_token", None) is None and cfg.text.bos_token_id is not None:
+        tok.bos_token = tok.convert_ids_to_tokens(int(cfg.text.bos_token_id))
+    return tok
+
+
+def _tokenizer(spec: str, fallback, cfg):
     if spec == "demo":
         from mmalign_jax.data.demo import tokenizer as demo_tok
         return demo_tok.load_tokenizer()
     if spec:
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(spec)
+        return hf_tokenizer(spec, cfg)
     return fallback()
 
 
@@ -234,8 +246,7 @@ def load_model(c, mesh, rules) -> Loaded:
         template, image_mode = "vicuna_v1", "pad"
 
         def tok():
-            from transformers import AutoTokenizer
-            return AutoTokenizer.from_pretrained(path)
+            return hf_tokenizer(path, cfg)
     cfg = cfg.replace(dtype=c.dtype, param_dtype=c.dtype, remat_policy="none", lora=None)
     with loop.mesh_context(mesh, rules):
         specs = llava_lib.param_logical_specs(cfg)
@@ -247,7 +258,7 @@ def load_model(c, mesh, rules) -> Loaded:
             from mmalign_jax import convert
             _, params = convert.load_hf_llava(path, dtype=c.dtype, sharding=shardings)
     return Loaded(cfg=cfg, model=llava_lib.Llava(cfg), variables={"params": params},
-                  tokenizer=_tokenizer(c.tokenizer, tok), template=c.template or template,
+                  tokenizer=_tokenizer(c.tokenizer, tok, cfg), template=c.template or template,
                   image_mode=c.image_mode or image_mode,
                   name=c.model_name or os.path.basename(path.rstrip("/")), kind=kind,
                   steerlm_format=c.steerlm_format or fmt, trained_steerlm=trained_steerlm,
@@ -429,7 +440,7 @@ def run(c) -> dict:
     rules = tuple(tuple(r) for r in c.mesh.rules)
 
     out = os.path.abspath(c.out)
-    lock = _lock(out + ".lock") if main else None
+    lock = _locked(out) if main else None
     try:
         return _run(c, targets, main, mesh, rules, out)
     finally:
@@ -437,19 +448,12 @@ def run(c) -> dict:
             lock.close()
 
 
-def _lock(path: str):
-    """An exclusive lock on `<out>.lock` for the run's lifetime (released by the OS even on
-    kill -9): two jobs appending to one output would interleave their rows."""
-    import fcntl
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    f = open(path, "a")
+def _locked(out: str):
+    from mmalign_jax.store import JobLocked, exclusive_lock
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise GenerateError(f"another sampling job is writing {path[:-len('.lock')]}; wait for "
-                            "it to finish or choose another --config.out") from None
-    return f
+        return exclusive_lock(out + ".lock", "sampling job")
+    except JobLocked as e:
+        raise GenerateError(f"{e} (or choose another --config.out)") from None
 
 
 def _run(c, targets, main: bool, mesh, rules, out: str) -> dict:
