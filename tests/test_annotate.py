@@ -309,11 +309,11 @@ def test_demo_annotator_reproduces_demo_scores_and_feeds_pairs(tmp_path):
 
 
 def test_a_second_job_on_the_same_output_is_refused(tmp_path):
-    from mmalign_jax.annotate.run import JobLocked, _lock
+    from mmalign_jax.store import JobLocked, exclusive_lock
     from mmalign_jax.data.demo import write_dataset
     records = load_records(write_dataset(str(tmp_path / "d"), n_train=2, n_eval=1)["train"]).records
     out = str(tmp_path / "ann.jsonl")
-    held = _lock(str(tmp_path / "ann.lock"))        # as if another job were running
+    held = exclusive_lock(str(tmp_path / "ann.lock"), "test")   # as if another job ran
     with pytest.raises(JobLocked, match="another annotation job"):
         annotate_records(records, DemoAnnotator(), out, progress=False)
     held.close()

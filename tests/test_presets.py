@@ -83,7 +83,7 @@ def test_published_hf_configs_give_the_presets(tmp_path):
 
 def test_small_presets():
     tiny = get_preset("tiny")
-    assert tiny.num_image_tokens == 64 and tiny.vision.hidden_size == 64
+    assert tiny.num_image_tokens == 9 and tiny.vision.hidden_size == 64   # one token per demo grid cell
     assert (tiny.text.hidden_size, tiny.text.intermediate_size, tiny.text.num_hidden_layers,
             tiny.text.num_attention_heads, tiny.text.num_key_value_heads,
             tiny.text.vocab_size) == (128, 352, 4, 4, 2, 1024)
