@@ -232,12 +232,13 @@ def analytic_flops(kind: str, w: Workload) -> dict:
         trained = 6 * (n["lm_layers"] * lm_tokens + n["lm_head"] * head_tokens
                        + n["projector"] * b * img)
         return {"model_flops": trained + 2 * v * b * img, "lm_tokens": lm_tokens}
-    # dpo (ours): prompt once per pair, both responses attend to its cache; LM head at
-    # response positions; online reference = one more forward.
+    # dpo (ours): prompt once per pair and both responses in the same pass over the layers
+    # (shared prefix); LM head at response positions; online reference = one more forward;
+    # the frozen ViT runs once for policy and reference.
     lm_tokens = b * p + 2 * b * r
     head_tokens = 2 * b * r
     per_pass = n["lm_layers"] * lm_tokens + n["lm_head"] * head_tokens + n["projector"] * b * img
-    flops = 6 * per_pass + 2 * per_pass + 2 * 2 * v * b * img  # policy f+b, ref f, ViT twice
+    flops = 6 * per_pass + 2 * per_pass + 2 * v * b * img  # policy f+b, ref f, ViT once
     # the concatenated [2B, P+R] layout of the baselines, for comparison
     lm_cat = 2 * b * (p + r)
     per_cat = n["lm_layers"] * lm_cat + n["lm_head"] * head_tokens + n["projector"] * 2 * b * img

@@ -6,6 +6,7 @@ Every parameter is created through `nn.with_logical_partitioning` so that
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -45,6 +46,44 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         ) from None
 
 
+@jax.custom_vjp
+def matmul_materialized_grad(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w` (w `[in, out]`) whose backward first materialises the output cotangent.
+
+    Numerically the plain matmul and its usual gradients. Why it exists: for the weight
+    gradient `x^T @ g` (a contraction over the tokens) XLA:CPU transposes one operand, and
+    when `g` is still an unfused elementwise expression (SwiGLU / RoPE backward reading
+    per-layer slices of the scan's residual stacks) it fuses that expression into the
+    transposing copy, which then reads every input with a stride of one row per element —
+    measured ~1.6× slower for a scanned SwiGLU MLP's backward at the bench-small shapes
+    (docs/PERFORMANCE.md). The `optimization_barrier` makes `g` a plain array first, so the
+    transpose is a fast plain copy. Used on CPU only (`Dense`); GPU/TPU keep the fusion.
+    """
+    return jnp.dot(x, w)
+
+
+def _matmul_fwd(x, w):
+    return jnp.dot(x, w), (x, w)
+
+
+def _matmul_bwd(res, g):
+    x, w = res
+    g = jax.lax.optimization_barrier(g)
+    dx = jnp.dot(g, w.T)
+    lead = tuple(range(x.ndim - 1))
+    dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+matmul_materialized_grad.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    if jax.default_backend() == "cpu":
+        return matmul_materialized_grad(x, w)
+    return jnp.dot(x, w)
+
+
 class Dense(nn.Module):
     """`x @ kernel (+ bias)` with kernel `[in, out]`, plus an optional LoRA adapter.
 
@@ -70,7 +109,7 @@ class Dense(nn.Module):
             self.param_dtype,
         )
         x = x.astype(self.dtype)
-        y = jnp.dot(x, kernel.astype(self.dtype))
+        y = _matmul(x, kernel.astype(self.dtype))
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -93,9 +132,68 @@ class Dense(nn.Module):
         return jnp.dot(jnp.dot(x, a), b) * jnp.asarray(self.lora.scale, self.dtype)
 
 
+def _rms_normalize(x: jax.Array, eps: float):
+    x32 = x.astype(jnp.float32)
+    r = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return x32 * r, r
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """`scale * (x / rms(x))` as Hugging Face's LlamaRMSNorm computes it: statistics in
+    float32, the normalised value cast to `scale`'s dtype before the scale multiplies it.
+
+    A custom VJP only so the backward keeps `x` and the `[.., 1]` inverse rms, recomputing
+    the rest: autodiff would save the float32 normalised activations as well (one more
+    `[L, B, T, D]` stack written and read per step under the decoder scan).
+    """
+    n, _ = _rms_normalize(x, eps)
+    return scale * n.astype(scale.dtype)
+
+
+def _rms_norm_fwd(x, scale, eps):
+    n, r = _rms_normalize(x, eps)
+    return scale * n.astype(scale.dtype), (x, scale, r)
+
+
+def _rms_norm_bwd(eps, res, g):
+    x, scale, r = res
+    n = x.astype(jnp.float32) * r
+    lead = tuple(range(g.ndim - 1))
+    d_scale = jnp.sum((g * n.astype(scale.dtype)).astype(jnp.float32), axis=lead)
+    dn = (g * scale).astype(jnp.float32)
+    dx = r * (dn - n * jnp.mean(dn * n, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_scale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """`silu(gate) * up` (LLaMA's MLP); the backward keeps only `gate` and `up` and
+    recomputes the sigmoid, instead of autodiff's saved sigmoid and silu activations."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return jax.nn.silu(gate) * up, (gate, up)
+
+
+def _swiglu_bwd(res, g):
+    gate, up = res
+    s = jax.nn.sigmoid(gate)
+    d_up = g * (gate * s)
+    d_gate = g * up * (s * (1 + gate * (1 - s)))
+    return d_gate.astype(gate.dtype), d_up.astype(up.dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class RMSNorm(nn.Module):
     """LLaMA RMSNorm exactly as Hugging Face computes it: statistics in float32, the result
-    cast back to the compute dtype *before* the learned scale multiplies it."""
+    cast back to the compute dtype *before* the learned scale multiplies it (`rms_norm`)."""
 
     eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
@@ -109,9 +207,7 @@ class RMSNorm(nn.Module):
             (x.shape[-1],),
             self.param_dtype,
         )
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return scale.astype(self.dtype) * normed.astype(self.dtype)
+        return rms_norm(x, scale.astype(self.dtype), self.eps)
 
 
 def layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:

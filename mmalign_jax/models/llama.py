@@ -3,7 +3,9 @@
 Layers run under `nn.scan` (parameters stacked on a leading 'layers' axis: one layer is
 traced and compiled once however deep the model), optionally under `nn.remat`. The KV
 cache is streamed through the scan: layer `l` reads `cache['k'][l]` and emits its updated
-slice, which the scan stacks back into `[L, B, S, K, Dh]`.
+slice, which the scan stacks back into `[L, B, S, K, Dh]`. Training DPO uses a third mode,
+`LlamaModel.decode_shared_prefix`: a prompt and its responses in one pass, no cache
+(attention kernels and masks in `attention.py`).
 """
 from __future__ import annotations
 
@@ -16,10 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmalign_jax.models import attention
 from mmalign_jax.models.config import LlavaConfig, TextConfig
-from mmalign_jax.models.layers import Dense, RMSNorm, activation, constrain
+from mmalign_jax.models.layers import Dense, RMSNorm, activation, constrain, swiglu
 
 _ACT = ("batch", "length", "embed")
+
+# Decoder layers per iteration of the scan's loop (`lax.scan`'s `unroll`); read when the
+# model is traced. 1 = one layer compiled once, however deep the model.
+SCAN_UNROLL = 1
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -140,27 +147,42 @@ def _rms_norm(cfg: LlavaConfig, name: str) -> RMSNorm:
 
 
 class LlamaAttention(nn.Module):
-    """GQA self-attention. K/V keep their K heads: `jax.nn.dot_product_attention` groups
-    the H query heads over them natively, so nothing is repeated in memory."""
+    """GQA self-attention. K/V keep their K heads (the kernels group the H query heads over
+    them), so nothing is repeated in memory. `mask` selects the layout: a boolean
+    `[B, 1, t, S]` array (full forward when `layer_cache` is None, else cached decoding) or
+    an `attention.SharedPrefixMask` (the training-only shared-prefix layout). In that layout
+    `query_start > 0` computes queries (and outputs) only for rows `query_start..`; every row
+    still provides its keys/values."""
 
     cfg: LlavaConfig
+    query_start: int = 0
 
     @nn.compact
     def __call__(self, x, mask, cos, sin, layer_cache, cache_index, deterministic):
         t = self.cfg.text
+        qs = self.query_start
         b, n, _ = x.shape
         dense = functools.partial(_dense, self.cfg, use_bias=t.attention_bias)
         q = dense(t.num_attention_heads * t.head_dim, ("embed", "heads"), name="q_proj")
         k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), name="k_proj")
         v = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), name="v_proj")
-        q = q(x, deterministic).reshape(b, n, t.num_attention_heads, t.head_dim)
+        q = q(x[:, qs:] if qs else x, deterministic).reshape(
+            b, n - qs, t.num_attention_heads, t.head_dim)
         k = k(x, deterministic).reshape(b, n, t.num_key_value_heads, t.head_dim)
         v = v(x, deterministic).reshape(b, n, t.num_key_value_heads, t.head_dim)
-        q = constrain(apply_rope(q, cos, sin), ("batch", "length", "heads", "head_dim"))
+        q = constrain(apply_rope(q, cos[:, qs:], sin[:, qs:]),
+                      ("batch", "length", "heads", "head_dim"))
         k = constrain(apply_rope(k, cos, sin), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
-        if layer_cache is not None:
+        impl = attention.resolve_impl(self.cfg.attention_impl, self.cfg.dtype)
+        if isinstance(mask, attention.SharedPrefixMask):   # training: prompt + responses
+            out = attention.shared_prefix_attention(q, k, v, mask, impl, query_start=qs)
+        elif qs:
+            raise ValueError("query_start is only supported in the shared-prefix layout")
+        elif layer_cache is None:                           # full forward: causal slots
+            out = attention.attend(q, k, v, mask, impl, causal=True)
+        else:
             start = (0, cache_index, 0, 0)
             layer_cache = {
                 "k": jax.lax.dynamic_update_slice(
@@ -171,9 +193,8 @@ class LlamaAttention(nn.Module):
                 ),
             }
             k, v = layer_cache["k"].astype(q.dtype), layer_cache["v"].astype(q.dtype)
-
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        out = out.reshape(b, n, t.num_attention_heads * t.head_dim)
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = out.reshape(b, n - qs, t.num_attention_heads * t.head_dim)
         o_proj = dense(t.hidden_size, ("heads", "embed"), name="o_proj")
         return o_proj(out, deterministic), layer_cache
 
@@ -189,22 +210,28 @@ class LlamaMLP(nn.Module):
         dense = functools.partial(_dense, self.cfg, use_bias=t.mlp_bias)
         gate = dense(t.intermediate_size, ("embed", "mlp"), name="gate_proj")(x, deterministic)
         up = dense(t.intermediate_size, ("embed", "mlp"), name="up_proj")(x, deterministic)
-        h = constrain(activation(t.hidden_act)(gate) * up, ("batch", "length", "mlp"))
+        h = swiglu(gate, up) if t.hidden_act == "silu" else activation(t.hidden_act)(gate) * up
+        h = constrain(h, ("batch", "length", "mlp"))
         return dense(t.hidden_size, ("mlp", "embed"), name="down_proj")(h, deterministic)
 
 
 class LlamaDecoderLayer(nn.Module):
-    """One pre-norm block, shaped as an `nn.scan` body: `(carry, per-layer cache, *broadcast)`."""
+    """One pre-norm block, shaped as an `nn.scan` body: `(carry, per-layer cache, *broadcast)`.
+
+    `query_start > 0` (shared-prefix layout only): rows before it only provide keys/values;
+    the block returns the rows `query_start..` (the last layer of `decode_shared_prefix`,
+    whose earlier prompt rows nothing reads)."""
 
     cfg: LlavaConfig
+    query_start: int = 0
 
     @nn.compact
     def __call__(self, h, layer_cache, mask, cos, sin, cache_index, deterministic):
-        attn, layer_cache = LlamaAttention(self.cfg, name="self_attn")(
+        attn, layer_cache = LlamaAttention(self.cfg, self.query_start, name="self_attn")(
             _rms_norm(self.cfg, "input_layernorm")(h),
             mask, cos, sin, layer_cache, cache_index, deterministic,
         )
-        h = h + attn
+        h = (h[:, self.query_start:] if self.query_start else h) + attn
         h = h + LlamaMLP(self.cfg, name="mlp")(
             _rms_norm(self.cfg, "post_attention_layernorm")(h), deterministic
         )
@@ -233,6 +260,7 @@ def decoder_stack(cfg: LlavaConfig) -> type[nn.Module]:
         split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.text.num_hidden_layers,
+        unroll=SCAN_UNROLL,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
 
@@ -290,6 +318,74 @@ class LlamaModel(nn.Module):
         if cache is not None:
             cache = {**layer_caches, "index": cache["index"] + n}
         return self.norm(h), cache
+
+    def decode_shared_prefix(self, prompt_embeds, prompt_mask, response_embeds, response_mask,
+                             deterministic=True):
+        """Training-only: one prompt and N responses to it, in one pass over the layers.
+
+        `prompt_embeds [B, P, D]` with `prompt_mask [B, P]` (left padded), `response_embeds
+        [B, N, R, D]` with `response_mask [B, N, R]` (right padded). Each layer runs its
+        projections and MLP on the rows `[prompt | response 0 | … | response N-1]` together;
+        prompt rows attend causally over the prompt slots, each response over
+        `[this layer's prompt K/V ; its own K/V]` (`attention.SharedPrefixMask`). No KV cache
+        is written or read. Response token j sits at position `sum(prompt_mask) + j`, as if
+        it followed its prompt without padding. The last layer computes queries, MLP and
+        outputs only for the last prompt row and the responses (nothing reads the other
+        prompt rows' final states). Returns final-normed `(hidden_last_prompt [B, D],
+        hidden_responses [B, N, R, D])`: the states that predict each response's tokens.
+        """
+        b, p, d = prompt_embeds.shape
+        _, n, r, _ = response_embeds.shape
+        if prompt_mask.shape != (b, p) or response_mask.shape != (b, n, r):
+            raise ValueError(
+                f"masks must be prompt [B, P] = {(b, p)} and responses [B, N, R] = {(b, n, r)}; "
+                f"got {prompt_mask.shape} and {response_mask.shape}")
+        prompt_len = jnp.sum(prompt_mask.astype(jnp.int32), axis=1, keepdims=True)
+        resp_positions = jnp.tile(prompt_len + jnp.arange(r)[None, :], (1, n))   # [B, N*R]
+        positions = jnp.concatenate([default_positions(prompt_mask), resp_positions], axis=1)
+        cos, sin = rope_cos_sin(self.cfg.text, positions, jnp.dtype(self.cfg.dtype))
+        masks = attention.SharedPrefixMask(prompt_mask.astype(bool), response_mask.astype(bool))
+        dtype = jnp.dtype(self.cfg.dtype)
+        h = jnp.concatenate([prompt_embeds.astype(dtype),
+                             response_embeds.astype(dtype).reshape(b, n * r, d)], axis=1)
+        h = constrain(h, _ACT)
+        h = self._shared_prefix_layers(h, masks, cos, sin, p - 1, deterministic)
+        h = self.norm(h)                                   # rows p-1 .. p+N·R-1
+        return h[:, 0], h[:, 1:].reshape(b, n, r, d)
+
+    def _shared_prefix_layers(self, h, masks, cos, sin, last_query_start, deterministic):
+        """The decoder layers applied to the stacked `layers` variables by hand: a
+        `lax.scan` over the first L-1 layers (remat per `cfg.remat_policy`), then the last
+        layer with `query_start=last_query_start` — which `nn.scan` (one body for all
+        layers) cannot express."""
+        n_layers = self.cfg.text.num_hidden_layers
+        stacked = {col: tree["layers"] for col, tree in self.variables.items()
+                   if col in ("params", "lora") and "layers" in tree}
+        keys = None
+        if not deterministic and self.has_rng("dropout"):
+            keys = jax.random.split(self.make_rng("dropout"), n_layers)
+
+        def run(layer, variables, h, key):
+            rngs = {} if key is None else {"dropout": key}
+            out, _ = layer.apply(variables, h, None, masks, cos, sin, 0, deterministic, rngs=rngs)
+            return out
+
+        def body(h, xs):
+            return run(LlamaDecoderLayer(self.cfg, parent=None), *xs[:1], h, xs[1]), None
+
+        def last(h, variables, key):
+            return run(LlamaDecoderLayer(self.cfg, last_query_start, parent=None), variables, h, key)
+
+        if self.cfg.remat_policy != "none":
+            policy = _REMAT_POLICIES[self.cfg.remat_policy]
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+            last = jax.checkpoint(last, policy=policy)
+        if n_layers > 1:
+            head = (jax.tree.map(lambda x: x[:n_layers - 1], stacked),
+                    None if keys is None else keys[:n_layers - 1])
+            h, _ = jax.lax.scan(body, h, head, unroll=SCAN_UNROLL)
+        return last(h, jax.tree.map(lambda x: x[n_layers - 1], stacked),
+                    None if keys is None else keys[n_layers - 1])
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 `[.., V]`; tied models project with `embed_tokens` transposed."""

@@ -86,6 +86,12 @@ class Llava(nn.Module):
 
     def encode_images(self, pixel_values: jax.Array, deterministic: bool = True) -> jax.Array:
         """`pixel_values [B, I, H, W, 3]` → projected features `[B, I, Nimg, D]`."""
+        return self.project_images(self.vision_features(pixel_values, deterministic),
+                                   deterministic)
+
+    def vision_features(self, pixel_values: jax.Array, deterministic: bool = True) -> jax.Array:
+        """The vision tower alone: `pixel_values [B, I, H, W, 3]` → `[B, I, Nimg, Dv]` (the
+        selected layer, before the projector)."""
         if pixel_values.ndim != 5:
             raise ValueError(
                 f"pixel_values must be [batch, images, H, W, 3]; got shape {pixel_values.shape}"
@@ -93,8 +99,14 @@ class Llava(nn.Module):
         b, i = pixel_values.shape[:2]
         features = self.vision_tower(pixel_values.reshape(b * i, *pixel_values.shape[2:]),
                                      deterministic)
-        features = self.multi_modal_projector(features, deterministic)
         return features.reshape(b, i, *features.shape[1:])
+
+    def project_images(self, features: jax.Array, deterministic: bool = True) -> jax.Array:
+        """The projector alone: `vision_features`' `[B, I, Nimg, Dv]` → `[B, I, Nimg, D]`."""
+        b, i = features.shape[:2]
+        out = self.multi_modal_projector(features.reshape(b * i, *features.shape[2:]),
+                                         deterministic)
+        return out.reshape(b, i, *out.shape[1:])
 
     def embed(
         self,
@@ -113,6 +125,13 @@ class Llava(nn.Module):
     def decode(self, embeds, attention_mask, positions=None, cache=None, deterministic=True):
         """`(final-normed hidden [B, t, D], cache)`; see `LlamaModel.decode`."""
         return self.language_model.decode(embeds, attention_mask, positions, cache, deterministic)
+
+    def decode_shared_prefix(self, prompt_embeds, prompt_mask, response_embeds, response_mask,
+                             deterministic=True):
+        """Training only: `(hidden_last_prompt [B, D], hidden_responses [B, N, R, D])` of one
+        prompt and N responses in one pass, no KV cache; see `LlamaModel.decode_shared_prefix`."""
+        return self.language_model.decode_shared_prefix(
+            prompt_embeds, prompt_mask, response_embeds, response_mask, deterministic)
 
     def lm_logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits `[.., V]` from `decode`'s hidden states."""

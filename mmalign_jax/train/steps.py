@@ -31,12 +31,53 @@ def sft_token_logps(model, variables, batch, rng=None, deterministic=True):
     return objectives.token_logps(logits[:, :-1], labels), mask
 
 
-def dpo_response_logps(model, variables, batch, rng=None, deterministic=True):
+def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
+                       vision_features=None):
     """(chosen, rejected) summed log-probs and token counts, sharing the prompt.
 
-    The image is encoded once and the prompt decoded once into a KV cache that both
-    responses attend to; the LM head and log-softmax run only at response positions.
+    The image is encoded once per pair; one pass over the layers computes the prompt rows
+    and both responses together (`Llava.decode_shared_prefix`: each response attends to
+    this layer's prompt K/V and to itself, no KV cache); the LM head and log-softmax run
+    only at response positions. `vision_features` (`Llava.vision_features` of the batch's
+    images, computed with these variables' vision tower) skips running the tower again.
     """
+    rngs = {} if rng is None else {"dropout": rng}
+    kw = dict(rngs=rngs)
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    b, _ = prompt_ids.shape
+    r = batch["chosen_ids"].shape[1]
+    pixel_values = batch.get("pixel_values")
+    feats = None
+    if vision_features is not None:
+        feats = model.apply(variables, vision_features, method=Llava.project_images, **kw)
+    elif pixel_values is not None:
+        feats = model.apply(variables, pixel_values, method=Llava.encode_images, **kw)
+    embeds = model.apply(variables, prompt_ids, feats, batch.get("image_mask"),
+                         method=Llava.embed, **kw)
+    resp_ids = jnp.stack([batch["chosen_ids"], batch["rejected_ids"]], axis=1)     # [B, 2, R]
+    resp_mask = jnp.stack([batch["chosen_mask"], batch["rejected_mask"]], axis=1)
+    resp_embeds = model.apply(variables, resp_ids.reshape(b, 2 * r), None, None,
+                              method=Llava.embed, **kw)
+    hidden_last, hidden_r = model.apply(
+        variables, embeds, prompt_mask, resp_embeds.reshape(b, 2, r, -1), resp_mask,
+        deterministic=deterministic, method=Llava.decode_shared_prefix, **kw)
+    # Response token j is predicted by the hidden state one slot earlier: the last prompt
+    # slot for j = 0 (prompts are left padded, so it is always slot p - 1).
+    d = hidden_last.shape[-1]
+    last = jnp.broadcast_to(hidden_last[:, None, None], (b, 2, 1, d))
+    h = jnp.concatenate([last, hidden_r[:, :, :-1]], axis=2).reshape(b, 2 * r, d)
+    logits = model.apply(variables, h, method=Llava.lm_logits, **kw)            # [B, 2R, V]
+    logps, n = objectives.sequence_logps(logits.reshape(b * 2, r, -1),
+                                         resp_ids.reshape(b * 2, r), resp_mask.reshape(b * 2, r))
+    logps, n = logps.reshape(b, 2), n.reshape(b, 2)
+    return logps[:, 0], logps[:, 1], n[:, 0], n[:, 1]
+
+
+def dpo_response_logps_cached(model, variables, batch, rng=None, deterministic=True,
+                              vision_features=None):
+    """The previous layout of `dpo_response_logps`, kept as a reference for tests and
+    benchmarks: the prompt is prefilled into a KV cache of P + R slots (`Llava.decode`), the
+    cache is duplicated for chosen and rejected, and both responses decode against it."""
     rngs = {} if rng is None else {"dropout": rng}
     kw = dict(rngs=rngs)
     cfg = model.cfg
@@ -45,7 +86,9 @@ def dpo_response_logps(model, variables, batch, rng=None, deterministic=True):
     r = batch["chosen_ids"].shape[1]
     pixel_values = batch.get("pixel_values")
     feats = None
-    if pixel_values is not None:
+    if vision_features is not None:
+        feats = model.apply(variables, vision_features, method=Llava.project_images, **kw)
+    elif pixel_values is not None:
         feats = model.apply(variables, pixel_values, method=Llava.encode_images, **kw)
     embeds = model.apply(variables, prompt_ids, feats, batch.get("image_mask"),
                          method=Llava.embed, **kw)
@@ -100,14 +143,39 @@ def reduce_logps(c, logps, n):
     return logps / jnp.maximum(n, 1.0) if c.dpo.logp_reduction == "mean" else logps
 
 
+def _same_vision_tower(variables, ref_variables) -> bool:
+    """True when policy and reference hold the very same vision-tower arrays (the tower is
+    frozen: both are merged from the same frozen tree), so its output can be shared."""
+    try:
+        a = variables["params"]["vision_tower"]
+        b = ref_variables["params"]["vision_tower"]
+    except (KeyError, TypeError):
+        return False
+    if "vision_tower" in variables.get("lora", {}) or "vision_tower" in ref_variables.get("lora", {}):
+        return False
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return bool(la) and len(la) == len(lb) and all(x is y for x, y in zip(la, lb))
+
+
 def dpo_loss_fn(model, c):
-    """Online reference when `ref_variables` is given, else `ref_*_logps` from the batch."""
+    """Online reference when `ref_variables` is given, else `ref_*_logps` from the batch.
+
+    With an online reference and a frozen vision tower (the same arrays on both sides), the
+    tower runs once per batch and both sides project its output with their own projector.
+    """
     def loss(variables, ref_variables, batch, rng, deterministic=False):
-        pc, pr, nc, nr = dpo_response_logps(model, variables, batch, rng, deterministic)
+        vision = None
+        if (ref_variables is not None and batch.get("pixel_values") is not None
+                and _same_vision_tower(variables, ref_variables)):
+            vision = jax.lax.stop_gradient(model.apply(
+                variables, batch["pixel_values"], method=Llava.vision_features))
+        pc, pr, nc, nr = dpo_response_logps(model, variables, batch, rng, deterministic,
+                                            vision_features=vision)
         if ref_variables is None:
             rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         else:
-            rc, rr, _, _ = dpo_response_logps(model, ref_variables, batch, None, True)
+            rc, rr, _, _ = dpo_response_logps(model, ref_variables, batch, None, True,
+                                              vision_features=vision)
         rc, rr = jax.lax.stop_gradient(rc), jax.lax.stop_gradient(rr)
         losses, cr, rj = objectives.dpo_loss(
             reduce_logps(c, pc, nc), reduce_logps(c, pr, nr), reduce_logps(c, rc, nc),
