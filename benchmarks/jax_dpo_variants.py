@@ -4,7 +4,9 @@
 
 Each variant is the real trainer step (`mmalign_jax.bench.TrainBench`: `loop.build` +
 `loop.jit_steps`) with one thing changed, compiled once; then the variants take turns, one
-step each per round, and the medians are compared with the first variant.
+step each per round (the order rotating from round to round), and the medians are compared
+with the first variant. Use as many rounds as variants (or a multiple) so each variant takes
+each position equally often.
 
   ours        the trainer as it is: `steps.dpo_response_logps` (shared-prefix pass: prompt and
               both responses in one scan over the layers, no KV cache), attention_impl 'auto'
@@ -195,8 +197,10 @@ def main(argv=None):
                 setattr(mod, attr, value)
         tbs[n] = tb
     times = {n: [] for n in names}
-    for _ in range(args.rounds):
-        for n in names:
+    for i in range(args.rounds):
+        # Rotate the order: a fixed order measured the first variant of each round up to
+        # ~7 % slow (it runs right after the previous round's last one).
+        for n in names[i % len(names):] + names[:i % len(names)]:
             times[n].append(tbs[n].step())
     base = statistics.median(times[names[0]])
     out = {}

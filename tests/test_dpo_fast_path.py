@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmalign_jax import objectives
 from mmalign_jax.models import attention, llava
 from mmalign_jax.models import lora as lora_lib
 from mmalign_jax.models.config import LlavaConfig, LoraConfig, TextConfig, VisionConfig
 from mmalign_jax.train import steps as steps_lib
+from naive_dpo import naive_dpo_logps
 
 IMAGE_TOKEN, PAD = 99, 3
 CFG = LlavaConfig(
@@ -75,28 +75,7 @@ def batch():
 
 
 def naive_logps(model, variables, batch):
-    """(chosen, rejected) summed log-probs from one full forward per [prompt | response]
-    sequence: no padding inside, right padded, image encoded for each sequence."""
-    pm = batch["prompt_mask"]
-    p, r = pm.shape[1], batch["chosen_ids"].shape[1]
-    ids = np.full((2 * B, p + r), PAD, np.int32)
-    att = np.zeros((2 * B, p + r), np.int32)
-    predicts = np.zeros((2 * B, p + r), np.float32)   # positions whose next token is scored
-    for side, key in enumerate(("chosen", "rejected")):
-        for i in range(B):
-            prompt = batch["prompt_ids"][i][pm[i] > 0]
-            n = int(batch[f"{key}_mask"][i].sum())
-            seq = np.concatenate([prompt, batch[f"{key}_ids"][i][:n]])
-            row = side * B + i
-            ids[row, :len(seq)] = seq
-            att[row, :len(seq)] = 1
-            predicts[row, len(prompt) - 1:len(seq) - 1] = 1
-    pix = np.concatenate([batch["pixel_values"]] * 2)
-    imask = np.concatenate([batch["image_mask"]] * 2)
-    logits = model.apply(variables, ids, pix, att, image_mask=imask)
-    tok = objectives.token_logps(logits[:, :-1], ids[:, 1:])
-    sums = (tok * predicts[:, :-1]).sum(1)
-    return sums[:B], sums[B:]
+    return naive_dpo_logps(model, variables, batch, pad_id=PAD)
 
 
 def _loss(logps_fn, variables, batch):

@@ -27,6 +27,7 @@ from mmalign_jax.train import defaults, loop
 from mmalign_jax.train import metrics as metrics_lib
 from mmalign_jax.train import state as state_lib
 from mmalign_jax.train import steps as steps_lib
+from naive_dpo import naive_dpo_logps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN, N_EVAL = 64, 16
@@ -414,8 +415,6 @@ def test_gradient_accumulation_equals_one_batch(tmp_path, data_dir):
 # ----------------------------------------------------- 6. prefix-shared DPO forward == naive
 
 def test_prefix_shared_dpo_logps_equal_naive_forward(tmp_path, data_dir):
-    from mmalign_jax import objectives
-
     c, _ = tiny("dpo", tmp_path, data_dir, MESH_1)
     run = loop.build(c, total_steps=c.train.max_steps)   # base weights + LoRA, one device
     model, cfg = run.model, run.cfg
@@ -431,35 +430,12 @@ def test_prefix_shared_dpo_logps_equal_naive_forward(tmp_path, data_dir):
     shared = jax.jit(lambda v, b: steps_lib.dpo_response_logps(model, v, b))
     pc, pr, nc, nr = jax.device_get(shared(variables, batch))
 
-    # Naive: [prompt | response] without padding inside, right padded, full forward.
-    B, P = batch["prompt_ids"].shape
-    R = batch["chosen_ids"].shape[1]
-    ids = np.full((2 * B, P + R), 0, np.int32)
-    att = np.zeros((2 * B, P + R), np.int32)
-    resp_mask = np.zeros((2 * B, P + R), np.int32)   # positions that predict a response token
-    for side, key in enumerate(("chosen", "rejected")):
-        for i in range(B):
-            prompt = batch["prompt_ids"][i][pm[i] > 0]
-            n = int(batch[f"{key}_mask"][i].sum())
-            seq = np.concatenate([prompt, batch[f"{key}_ids"][i][:n]])
-            row = side * B + i
-            ids[row, :len(seq)] = seq
-            att[row, :len(seq)] = 1
-            resp_mask[row, len(prompt) - 1:len(seq) - 1] = 1
-    pix = np.concatenate([batch["pixel_values"]] * 2)
-    imask = np.concatenate([batch["image_mask"]] * 2)
-
-    @jax.jit
-    def naive(v, ids, pix, att, imask, resp_mask):
-        logits = model.apply(v, ids, pix, att, image_mask=imask)
-        tok = objectives.token_logps(logits[:, :-1], ids[:, 1:])
-        return (tok * resp_mask[:, :-1]).sum(1)
-
-    ref = np.asarray(naive(variables, ids, pix, att, imask, resp_mask))
+    # Naive: one full forward per [prompt | response], no padding inside.
+    ref_c, ref_r = jax.device_get(jax.jit(lambda v: naive_dpo_logps(model, v, batch))(variables))
     np.testing.assert_array_equal(nc, batch["chosen_mask"].sum(1))
     np.testing.assert_array_equal(nr, batch["rejected_mask"].sum(1))
-    np.testing.assert_allclose(pc, ref[:B], rtol=1e-6, atol=1e-4)
-    np.testing.assert_allclose(pr, ref[B:], rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(pc, ref_c, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(pr, ref_r, rtol=1e-6, atol=1e-4)
     assert np.all(pc < 0) and np.abs(pc - pr).max() > 1.0
 
 

@@ -371,7 +371,7 @@ class LlamaModel(nn.Module):
             return out
 
         def body(h, xs):
-            return run(LlamaDecoderLayer(self.cfg, parent=None), *xs[:1], h, xs[1]), None
+            return run(LlamaDecoderLayer(self.cfg, parent=None), xs[0], h, xs[1]), None
 
         def last(h, variables, key):
             return run(LlamaDecoderLayer(self.cfg, last_query_start, parent=None), variables, h, key)
@@ -381,6 +381,8 @@ class LlamaModel(nn.Module):
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
             last = jax.checkpoint(last, policy=policy)
         if n_layers > 1:
+            # (Slicing the stacks copies them; reading them by a dynamic index inside the body
+            # instead measured 2 % slower on the bench-small DPO step.)
             head = (jax.tree.map(lambda x: x[:n_layers - 1], stacked),
                     None if keys is None else keys[:n_layers - 1])
             h, _ = jax.lax.scan(body, h, head, unroll=SCAN_UNROLL)

@@ -31,6 +31,17 @@ def sft_token_logps(model, variables, batch, rng=None, deterministic=True):
     return objectives.token_logps(logits[:, :-1], labels), mask
 
 
+def _prompt_embeds(model, variables, batch, vision_features, kw):
+    """Prompt embeddings with the images' projected features in the `<image>` slots."""
+    feats = None
+    if vision_features is not None:
+        feats = model.apply(variables, vision_features, method=Llava.project_images, **kw)
+    elif batch.get("pixel_values") is not None:
+        feats = model.apply(variables, batch["pixel_values"], method=Llava.encode_images, **kw)
+    return model.apply(variables, batch["prompt_ids"], feats, batch.get("image_mask"),
+                       method=Llava.embed, **kw)
+
+
 def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
                        vision_features=None):
     """(chosen, rejected) summed log-probs and token counts, sharing the prompt.
@@ -41,19 +52,10 @@ def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
     only at response positions. `vision_features` (`Llava.vision_features` of the batch's
     images, computed with these variables' vision tower) skips running the tower again.
     """
-    rngs = {} if rng is None else {"dropout": rng}
-    kw = dict(rngs=rngs)
-    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-    b, _ = prompt_ids.shape
-    r = batch["chosen_ids"].shape[1]
-    pixel_values = batch.get("pixel_values")
-    feats = None
-    if vision_features is not None:
-        feats = model.apply(variables, vision_features, method=Llava.project_images, **kw)
-    elif pixel_values is not None:
-        feats = model.apply(variables, pixel_values, method=Llava.encode_images, **kw)
-    embeds = model.apply(variables, prompt_ids, feats, batch.get("image_mask"),
-                         method=Llava.embed, **kw)
+    kw = dict(rngs={} if rng is None else {"dropout": rng})
+    prompt_mask = batch["prompt_mask"]
+    b, r = batch["chosen_ids"].shape
+    embeds = _prompt_embeds(model, variables, batch, vision_features, kw)
     resp_ids = jnp.stack([batch["chosen_ids"], batch["rejected_ids"]], axis=1)     # [B, 2, R]
     resp_mask = jnp.stack([batch["chosen_mask"], batch["rejected_mask"]], axis=1)
     resp_embeds = model.apply(variables, resp_ids.reshape(b, 2 * r), None, None,
@@ -78,20 +80,12 @@ def dpo_response_logps_cached(model, variables, batch, rng=None, deterministic=T
     """The previous layout of `dpo_response_logps`, kept as a reference for tests and
     benchmarks: the prompt is prefilled into a KV cache of P + R slots (`Llava.decode`), the
     cache is duplicated for chosen and rejected, and both responses decode against it."""
-    rngs = {} if rng is None else {"dropout": rng}
-    kw = dict(rngs=rngs)
+    kw = dict(rngs={} if rng is None else {"dropout": rng})
     cfg = model.cfg
-    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-    b, p = prompt_ids.shape
+    prompt_mask = batch["prompt_mask"]
+    b, p = prompt_mask.shape
     r = batch["chosen_ids"].shape[1]
-    pixel_values = batch.get("pixel_values")
-    feats = None
-    if vision_features is not None:
-        feats = model.apply(variables, vision_features, method=Llava.project_images, **kw)
-    elif pixel_values is not None:
-        feats = model.apply(variables, pixel_values, method=Llava.encode_images, **kw)
-    embeds = model.apply(variables, prompt_ids, feats, batch.get("image_mask"),
-                         method=Llava.embed, **kw)
+    embeds = _prompt_embeds(model, variables, batch, vision_features, kw)
     cache = llava_lib.init_cache(cfg, b, p + r, embeds.dtype)
     slot_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, r), prompt_mask.dtype)], axis=1)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
