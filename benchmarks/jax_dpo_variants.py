@@ -29,6 +29,7 @@ each position equally often.
   prefill_P   like cached, but the prompt is prefilled into a P-slot cache that is then padded
               to P+R for the responses (prompt queries attend to P, not P+R, slots)
   remat_dots / remat_dots_no_batch / remat_full   ours with model.remat_policy changed
+  chunk128_remat_full   QUERY_CHUNK 128 and remat full together
   cached_plain / cached_plain_remat_dots   the previous trainer exactly (cached layout, plain
               matmul gradients, vision tower run for policy and reference), remat none /
               dots (its best configuration)
@@ -163,6 +164,7 @@ VARIANTS = {
     "remat_dots": (ORIGINAL, "dots", "auto", {}),
     "remat_dots_no_batch": (ORIGINAL, "dots_no_batch", "auto", {}),
     "remat_full": (ORIGINAL, "full", "auto", {}),
+    "chunk128_remat_full": (ORIGINAL, "full", "auto", {(attention, "QUERY_CHUNK"): 128}),
     "plain_grad_remat_dots": (ORIGINAL, "dots", "auto", _PLAIN),
 }
 
