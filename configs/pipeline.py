@@ -48,7 +48,9 @@ def get_config(preset: str = "demo"):
     c.base_lm.data.train_split = "sft_text_train"
     c.base_lm.data.eval_split = "sft_text_eval"
     c.base_lm.data.seq_len = 96
+    c.base_lm.train.global_batch_size = 32
     c.base_lm.train.max_steps = 400
+    c.base_lm.train.eval_every = 100
 
     c.sample = mlc.ConfigDict()
     c.sample.n = 4                  # PAPER.md: 4 answers per prompt

@@ -105,22 +105,29 @@ def base_config(method: str) -> mlc.ConfigDict:
 
 
 def apply_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    """The tiny model learns the demo task from scratch: full fine-tuning, vision included."""
+    """The tiny model learns the demo task: LM and projector fully trained from random
+    weights on top of a pretrained, frozen vision tower (LLaVA-1.5 freezes CLIP too).
+
+    Many small steps: what the tiny LM is slow to learn is grounding (attending from the
+    answer to the image cell of the object the question names), and updates, not examples,
+    set its pace. Measured on 256 held-out questions (greedy, `answer_quality`), same 19,200
+    examples: batch 32 × 600 steps with the tower trained, accuracy 0.34 (colour 0.16);
+    frozen tower, batch 16 × 1,200: 0.45 (colour 0.40); batch 8 × 2,400: 0.47 (colour 0.61)."""
     c.lora.enabled = False
     c.model.vision_init = DEMO_VISION  # a "pretrained CLIP" for the demo (vision_pretrain.py)
     c.optim.lr = 2e-3
     c.optim.projector_lr = 2e-3
-    c.optim.train_vision = True
+    c.optim.train_vision = False
     c.optim.warmup_ratio = 0.05
     c.data.seq_len = 112               # 9 image tokens + system prompt + question + answer
     c.data.train_split = "sft_train"
     c.data.eval_split = "sft_eval"
-    c.train.global_batch_size = 32
+    c.train.global_batch_size = 8
     c.train.num_epochs = 0
-    c.train.max_steps = 600
-    c.train.log_every = 10
-    c.train.eval_every = 100
-    c.train.checkpoint_every = 200
+    c.train.max_steps = 2400
+    c.train.log_every = 20
+    c.train.eval_every = 400
+    c.train.checkpoint_every = 800
     return c
 
 
