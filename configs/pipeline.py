@@ -98,6 +98,13 @@ def get_config(preset: str = "demo"):
         for method, epochs in (("dpo", 3), ("rejection_sampling", 2), ("steerlm", 1),
                                ("standard_sft", 2)):
             c[method].train.num_epochs, c[method].train.max_steps = epochs, 0
+        # DPO plus the chosen answers' NLL (weight 1, as RPO, Pang et al. 2024). Plain DPO at
+        # the tiny model's learning rate (2e-3) pushes both answers' likelihood down until
+        # the text breaks: measured on the same SFT model and pairs (256 held-out questions,
+        # greedy), plain DPO: accuracy 0.31, incoherent 16 % ("a and a and a …"); lr 5e-4:
+        # 0.39, incoherent 25 %; with the NLL term: 0.43 (SFT 0.46), incoherent 0.4 %,
+        # hallucinating answers 20 % (SFT 72 %). The llava presets keep the paper's plain DPO.
+        c.dpo.dpo.sft_weight = 1.0
     elif preset in PAPER_PRESETS:
         c.task = "custom"
         c.workdir = f"workdir/pipeline-{preset}"

@@ -3,6 +3,8 @@ measured, not tested: docs/RESULTS.md)."""
 import json
 import os
 
+import pytest
+
 from mmalign_jax.experiments import paper_table
 from mmalign_jax.pipeline import recipe
 
@@ -33,3 +35,21 @@ def test_table_has_mean_and_std_over_seeds(tmp_path):
     paths = paper_table.report.write_report(t, str(tmp_path))
     assert json.load(open(os.path.join(tmp_path, "table.json")))["rows"][1]["model"] == "DPO"
     assert all(os.path.exists(p) for p in paths.values())
+
+
+@pytest.mark.slow
+def test_same_seed_same_table(tmp_path):
+    """The whole flow twice from empty folders (quick settings, one seed): every sampled
+    candidate, every score and the table's numbers are identical."""
+    runs = [paper_table.run(str(tmp_path / name), seeds="0", quick=True, progress=False)
+            for name in ("a", "b")]
+    assert runs[0]["results"] == runs[1]["results"]
+    words = runs[0]["results"]["dpo"]["vqa"]["words"]["mean"]
+    assert words > 0   # answers were generated and graded: the comparison is not of nothing
+    for folder in ("candidates", "scored"):
+        for split in ("train", "eval"):
+            texts = [open(os.path.join(tmp_path, n, "work", folder, f"{split}.jsonl")).read()
+                     for n in ("a", "b")]
+            assert texts[0] == texts[1] and texts[0].count("\n") > 0
+    tables = [json.load(open(os.path.join(tmp_path, n, "table.json")))["rows"] for n in ("a", "b")]
+    assert tables[0] == tables[1]

@@ -96,10 +96,46 @@ def test_second_run_does_nothing_and_says_so(first_run, capsys):
 
 def test_changed_stage_settings_rerun_that_stage_only(first_run):
     p, _ = first_run
-    p.rejection_sampling.train.max_steps = 3
+    stage = os.path.join(p.workdir, "stages", "rejection_sampling.json")
+    old_fp = json.load(open(stage))["fingerprint"]
+    # Same number of steps: resuming the finished run in place would train nothing.
+    p.rejection_sampling.optim.lr = 1e-4
     out = recipe.run(p)
     assert out["ran"] == ["rejection_sampling", "evaluate"]
-    assert out["rejection_sampling"]["steps"] == 3
+    wd = os.path.join(p.workdir, "rejection_sampling")
+    assert json.load(open(os.path.join(wd, "config.json")))["optim"]["lr"] == 1e-4
+    rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]     # trained again from 0
+    old = json.load(open(os.path.join(f"{wd}.superseded-{old_fp}", "config.json")))
+    assert old["optim"]["lr"] != 1e-4                              # the old run, kept aside
+
+
+def test_stage_outputs_moved_aside_only_when_settings_change(tmp_path):
+    out = tmp_path / "cands.jsonl"
+    calls = []
+
+    def work(tag, fail=False):
+        def fn():
+            calls.append(tag)
+            with open(out, "a") as f:
+                f.write(tag + "\n")
+            (tmp_path / "cands.jsonl.settings.json").write_text(tag)
+            if fail:
+                raise KeyboardInterrupt
+            return {"tag": tag}
+        return fn
+
+    stages = recipe.Stages(str(tmp_path))
+    assert stages.run("s", {"t": 1}, work("a"), outputs=[str(out)]) == {"tag": "a"}
+    assert stages.run("s", {"t": 1}, work("x"), outputs=[str(out)]) == {"tag": "a"}  # skipped
+    with pytest.raises(KeyboardInterrupt):           # new settings, interrupted halfway
+        stages.run("s", {"t": 2}, work("b1", fail=True), outputs=[str(out)])
+    fp1 = recipe.Stages.fingerprint({"t": 1})
+    assert (tmp_path / f"cands.jsonl.superseded-{fp1}").read_text() == "a\n"
+    assert (tmp_path / f"cands.jsonl.settings.json.superseded-{fp1}").read_text() == "a"
+    # the rerun resumes its own half-done output instead of moving it aside
+    assert stages.run("s", {"t": 2}, work("b2"), outputs=[str(out)]) == {"tag": "b2"}
+    assert out.read_text() == "b1\nb2\n" and calls == ["a", "b1", "b2"]
 
 
 def test_custom_task_needs_a_checkpoint_and_a_real_annotator(tmp_path):

@@ -15,7 +15,8 @@ whose marker matches its current settings (and says so); a stage interrupted hal
 resumes inside itself — training from its last checkpoint, sampling and annotation from
 their append-only outputs — so nothing finished is redone and nothing paid for is lost.
 Changing a stage's settings reruns it (and, through their settings, the stages that read
-its output).
+its output); the outputs it would otherwise resume from (a training workdir, a candidates
+file) are first moved aside to `<path>.superseded-<old fingerprint>`.
 
 The demo (default): the library writes the synthetic visual task, trains the tiny SFT model
 (its vision tower pretrained first, `data/demo/vision_pretrain.py`), samples candidates
@@ -26,14 +27,16 @@ answers to held-out questions (`data/demo/answer_quality.py`).
 from __future__ import annotations
 
 import copy
+import glob
 import dataclasses
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import ml_collections as mlc
 
@@ -83,28 +86,57 @@ class Stages:
         blob = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def run(self, name: str, settings: dict, fn: Callable[[], dict]) -> dict:
+    def run(self, name: str, settings: dict, fn: Callable[[], dict],
+            outputs: Sequence[str] = ()) -> dict:
+        """`outputs`: what the stage writes and would resume from (a training workdir, a
+        sampling file). When the settings changed since the stage ran, they are moved aside
+        to `<path>.superseded-<old fingerprint>` first — kept, but never resumed: a trainer
+        finding its finished run, or the sampler its finished file, would otherwise skip the
+        work and silently hand on the old result."""
         path = os.path.join(self.dir, f"{name}.json")
         fp = self.fingerprint(settings)
         if os.path.exists(path):
             with open(path) as f:
                 marker = json.load(f)
-            if marker.get("fingerprint") == fp:
+            if marker.get("fingerprint") == fp and not marker.get("pending"):
                 log.info("stage %-20s done earlier (%s): skipped", name, path)
                 self.skipped.append(name)
                 return marker["result"]
-            log.info("stage %-20s settings changed since it ran: running it again", name)
+            if marker.get("fingerprint") != fp:
+                log.info("stage %-20s settings changed since it ran: running it again", name)
+                for out in outputs:
+                    _supersede(out, marker.get("fingerprint") or "old")
+        # Marked pending first: a run interrupted now resumes its own outputs next time.
+        self._write(path, {"stage": name, "fingerprint": fp, "settings": settings,
+                           "pending": True})
         log.info("stage %-20s running", name)
         t0 = time.time()
         result = fn() or {}
-        marker = {"stage": name, "fingerprint": fp, "settings": settings,
-                  "seconds": round(time.time() - t0, 1), "result": result}
+        self._write(path, {"stage": name, "fingerprint": fp, "settings": settings,
+                           "seconds": round(time.time() - t0, 1), "result": result})
+        self.ran.append(name)
+        return result
+
+    @staticmethod
+    def _write(path: str, marker: dict) -> None:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(marker, f, indent=2, default=str)
         os.replace(tmp, path)
-        self.ran.append(name)
-        return result
+
+
+def _supersede(path: str, tag: str) -> None:
+    """Move `path` (and, for a file, its `<path>.*` side files) to `*.superseded-<tag>`."""
+    path = os.path.normpath(path)
+    found = [path] if os.path.exists(path) else []
+    if os.path.isfile(path) or not found:
+        found += sorted(x for x in glob.glob(glob.escape(path) + ".*") if ".superseded-" not in x)
+    for src in found:
+        dst, k = f"{src}.superseded-{tag}", 1
+        while os.path.exists(dst):
+            dst, k = f"{src}.superseded-{tag}-{k}", k + 1
+        shutil.move(src, dst)
+        log.info("  moved aside (settings changed): %s -> %s", src, dst)
 
 
 # ----------------------------------------------------------------------- the stage bodies
@@ -164,13 +196,17 @@ def image_root(p) -> str:
     return os.path.join(p.workdir, "data", "images") if p.task == "demo" else p.image_root
 
 
+def candidates_path(p, split: str) -> str:
+    return os.path.join(p.workdir, "candidates", f"{split}.jsonl")
+
+
 def sample(p, sft_model: str, split: str, prompts: str) -> dict:
     from mmalign_jax.generate import candidates
     c = candidates.default_config()
     c.checkpoint = sft_model
     c.records = prompts
     c.image_root = image_root(p)
-    c.out = os.path.join(p.workdir, "candidates", f"{split}.jsonl")
+    c.out = candidates_path(p, split)
     c.seed = p.seed
     c.progress = p.progress
     c.batch_size = p.sample.batch_size
@@ -405,11 +441,11 @@ def run(p) -> dict:
             # tuning then degrades: train the tiny LM on the text tasks first.
             base = stage_config(p, p.base_lm, "base_lm")
             out["base_lm"] = stages.run("base_lm", {"data": out["data"], "config": base.to_dict()},
-                                        lambda: _train(base))
+                                        lambda: _train(base), outputs=[base.workdir])
             sft.model.init_from = base.workdir
             models["base_lm"] = [base.workdir]
         out["sft"] = stages.run("sft", {"data": out["data"], "config": sft.to_dict()},
-                                lambda: _train(sft))
+                                lambda: _train(sft), outputs=[sft.workdir])
         sft_model = sft.workdir
     else:
         sft_model = p.checkpoint
@@ -419,7 +455,8 @@ def run(p) -> dict:
         cand = stages.run(f"sample_{split}",
                           {"model": sft_model, "prompts": prompts, "upstream": out.get("sft"),
                            **settings("seed", "sample")},
-                          lambda split=split, prompts=prompts: sample(p, sft_model, split, prompts))
+                          lambda split=split, prompts=prompts: sample(p, sft_model, split, prompts),
+                          outputs=[candidates_path(p, split)])
         ann = stages.run(f"annotate_{split}",
                          {"candidates": cand, **settings("seed", "annotate", "pairs")},
                          lambda split=split, cand=cand: annotate_split(p, split, cand["out"]))
@@ -445,7 +482,7 @@ def run(p) -> dict:
             name = method if seed == p.seed else f"{method}-seed{seed}"
             out[name] = stages.run(name, {"preferences": prefs, "upstream": out.get("sft"),
                                           "config": c.to_dict()},
-                                   lambda c=c: _train(c))
+                                   lambda c=c: _train(c), outputs=[c.workdir])
             labels = list(p.evaluate.steerlm_attributes) if method == "steerlm" else [method]
             for label in labels:
                 models.setdefault(label, []).append(c.workdir)
