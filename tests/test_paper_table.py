@@ -38,18 +38,22 @@ def test_table_has_mean_and_std_over_seeds(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_table(tmp_path):
-    """The whole flow twice from empty folders (quick settings, one seed): every sampled
-    candidate, every score and the table's numbers are identical."""
-    runs = [paper_table.run(str(tmp_path / name), seeds="0", quick=True, progress=False)
-            for name in ("a", "b")]
-    assert runs[0]["results"] == runs[1]["results"]
-    words = runs[0]["results"]["dpo"]["vqa"]["words"]["mean"]
-    assert words > 0   # answers were generated and graded: the comparison is not of nothing
-    for folder in ("candidates", "scored"):
-        for split in ("train", "eval"):
-            texts = [open(os.path.join(tmp_path, n, "work", folder, f"{split}.jsonl")).read()
+def test_same_seed_same_results(tmp_path):
+    """The experiment's flow twice from empty folders (quick settings, one seed, DPO as the
+    method — each method stage is the same trainer): every sampled candidate, every score,
+    every graded answer and the table's numbers are identical."""
+    results = []
+    for name in ("a", "b"):
+        p = paper_table.config(str(tmp_path / name), seeds="0", quick=True)
+        p.methods, p.progress = "dpo", False
+        recipe.run(p)
+        results.append(json.load(open(os.path.join(p.workdir, "results.json"))))
+    assert results[0] == results[1]
+    assert set(results[0]) == {"base_lm", "sft", "dpo"}
+    assert results[0]["dpo"]["vqa"]["words"]["mean"] > 0   # answers were generated and graded
+    for folder, files in (("candidates", ("train", "eval")), ("scored", ("train", "eval")),
+                          ("evaluation", ("dpo.dpo.vqa", "dpo.dpo.text", "sft.sft.vqa"))):
+        for f in files:
+            texts = [open(os.path.join(tmp_path, n, "work", folder, f"{f}.jsonl")).read()
                      for n in ("a", "b")]
             assert texts[0] == texts[1] and texts[0].count("\n") > 0
-    tables = [json.load(open(os.path.join(tmp_path, n, "table.json")))["rows"] for n in ("a", "b")]
-    assert tables[0] == tables[1]
