@@ -27,8 +27,8 @@ answers to held-out questions (`data/demo/answer_quality.py`).
 from __future__ import annotations
 
 import copy
-import glob
 import dataclasses
+import glob
 import hashlib
 import importlib.util
 import json
@@ -126,10 +126,11 @@ class Stages:
 
 
 def _supersede(path: str, tag: str) -> None:
-    """Move `path` (and, for a file, its `<path>.*` side files) to `*.superseded-<tag>`."""
+    """Move `path` (and, for a file such as `train.jsonl`, its `<path>.*` side files) to
+    `*.superseded-<tag>`."""
     path = os.path.normpath(path)
     found = [path] if os.path.exists(path) else []
-    if os.path.isfile(path) or not found:
+    if os.path.isfile(path) or (not found and os.path.splitext(path)[1]):
         found += sorted(x for x in glob.glob(glob.escape(path) + ".*") if ".superseded-" not in x)
     for src in found:
         dst, k = f"{src}.superseded-{tag}", 1
