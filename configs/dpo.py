@@ -12,7 +12,7 @@ def get_config(preset: str = "demo"):
     if preset == "demo":
         # Start from the demo SFT model (trained first in <workdir>/sft), as the paper starts
         # DPO from LLaVA-1.5; then LoRA + projector with DPO on the scored candidates.
-        c.model.init_from = defaults.DEMO_SFT
+        defaults.use_demo_sft(c)   # --config.demo_sft.* changes that SFT run
         c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
         c.optim.lr = 2e-3
         c.optim.projector_lr = 2e-3

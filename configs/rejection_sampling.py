@@ -19,7 +19,7 @@ def get_config(preset: str = "demo"):
         # Start from the demo SFT model (trained first in <workdir>/sft), as the paper starts
         # from LLaVA-1.5; LoRA + projector on the best of the demo's 5 scored candidates.
         c.workdir = "workdir/rejection_sampling-demo"
-        c.model.init_from = defaults.DEMO_SFT
+        defaults.use_demo_sft(c)   # --config.demo_sft.* changes that SFT run
         c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
         c.optim.lr = 1e-3
         c.optim.projector_lr = 1e-3

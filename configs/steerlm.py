@@ -32,7 +32,7 @@ def get_config(preset: str = "demo"):
         # words, r64 lr 5e-3 × 300 steps 22 vs 25. A real LLaVA knows those words: the
         # llava presets keep the paper's LoRA.
         c.workdir = "workdir/steerlm-demo"
-        c.model.init_from = defaults.DEMO_SFT
+        defaults.use_demo_sft(c)   # --config.demo_sft.* changes that SFT run
         c.lora.enabled = False
         c.optim.lr = 2e-3
         c.optim.projector_lr = 2e-3

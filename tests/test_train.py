@@ -509,3 +509,17 @@ def test_config_validation_says_what_to_change(tmp_path, data_dir):
     with pytest.raises(ValueError, match=r"not divisible by mesh axes.*change mesh.shape") as e:
         loop.build(c, total_steps=3)
     assert "language_model/" in str(e.value)
+
+
+def test_demo_sft_stage_takes_the_command_lines_settings():
+    """`--config.demo_sft.*` reaches the SFT run a demo DPO / RS / SteerLM run trains first."""
+    for name in ("dpo", "rejection_sampling", "steerlm"):
+        c = load_config(name)
+        c.workdir = "/w"
+        assert c.model.init_from == defaults.DEMO_SFT
+        s = defaults.demo_sft_stage(c, "/d")
+        assert (s.train.max_steps, s.train.global_batch_size, s.optim.train_vision) == (2400, 8, False)
+        c.demo_sft.train.max_steps, c.demo_sft.optim.lr = 7, 1e-4
+        s = defaults.demo_sft_stage(c, "/d")
+        assert (s.method, s.train.max_steps, s.optim.lr) == ("sft", 7, 1e-4)
+        assert (s.workdir, s.data.source, s.data.data_dir) == ("/w/sft", "tfds", "/d")

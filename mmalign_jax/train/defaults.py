@@ -6,6 +6,8 @@ anything is compiled and says what to change.
 """
 from __future__ import annotations
 
+import copy
+
 import jax
 import ml_collections as mlc
 
@@ -139,9 +141,17 @@ DEMO_VISION = "@demo-vision"
 DEMO_SFT = "@demo-sft"
 
 
+def use_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """Start `c` from the demo SFT model, trained first by `c.demo_sft` (a whole SFT config,
+    so its settings can be changed from the command line: `--config.demo_sft.train.max_steps=1200`)."""
+    c.model.init_from = DEMO_SFT
+    c.demo_sft = apply_demo_sft(base_config("sft"))
+    return c
+
+
 def demo_sft_stage(c: mlc.ConfigDict, data_dir: str) -> mlc.ConfigDict:
-    s = base_config("sft")
-    apply_demo_sft(s)
+    """The SFT run a `model.init_from=DEMO_SFT` run trains first, in `<workdir>/sft`."""
+    s = copy.deepcopy(c.demo_sft) if "demo_sft" in c else apply_demo_sft(base_config("sft"))
     s.workdir = f"{c.workdir}/sft"
     s.seed = c.seed
     s.data.source = "tfds"
