@@ -32,8 +32,9 @@ import numpy as np
 
 IMPLS = ("auto", "dot_product", "chunked")
 # Query rows per tile of the 'chunked' kernel (read at trace time; tests lower it to cover
-# several tiles on tiny shapes). 256 measured 1.05-1.08x faster than 128 and 64 on the
-# bench-small DPO step on CPU (benchmarks/jax_dpo_variants.py, docs/PERFORMANCE.md).
+# several tiles on tiny shapes). On the bench-small DPO step on CPU, 128 vs 256 is within
+# noise: a fixed-order A/B had 256 1.05-1.08x faster, a rotated 8-round one 128 1.03x faster
+# (benchmarks/jax_dpo_variants.py, docs/PERFORMANCE.md).
 QUERY_CHUNK = 256
 
 
