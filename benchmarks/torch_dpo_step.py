@@ -100,6 +100,34 @@ def synthetic_batch(preset: str, pairs: int, prompt_text: int, response_len: int
     return ids, mask, pixels, resp_mask, prompt.shape[1]
 
 
+def add_device_args(ap) -> None:
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (mmalign_jax.bench passes cuda "
+                    "when JAX runs on a GPU)")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA "
+                    "(PyTorch's default is full fp32; bench --precision default sets this)")
+
+
+def setup_device(args):
+    import torch
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    return torch.device(args.device)
+
+
+def sync(dev) -> None:
+    import torch
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def describe_device(dev) -> str:
+    import torch
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="bench-small", choices=sorted(PRESETS))
@@ -112,6 +140,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--threads", type=int, default=0, help="0: os.cpu_count()")
     ap.add_argument("--attn", default="sdpa", help="attn_implementation (sdpa | eager)")
+    add_device_args(ap)
     ap.add_argument("--serve", action="store_true",
                     help="after warm-up, run one timed step per stdin line (interleaving)")
     args = ap.parse_args(argv)
@@ -124,17 +153,18 @@ def main(argv=None) -> dict:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = setup_device(args)
 
     config = llava_config(args.preset)
     config._attn_implementation = args.attn
-    model = LlavaForConditionalGeneration(config).float().train()
+    model = LlavaForConditionalGeneration(config).float().train().to(dev)
     model.model.vision_tower.requires_grad_(False)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
-    ids, mask, pixels, resp_mask, P = synthetic_batch(args.preset, args.pairs, args.prompt_text,
-                                                      args.response_len)
+    ids, mask, pixels, resp_mask, P = (t.to(dev) if torch.is_tensor(t) else t for t in synthetic_batch(
+        args.preset, args.pairs, args.prompt_text, args.response_len))
     R, B = args.response_len, args.pairs
     labels = ids[:, P:]
 
@@ -156,6 +186,7 @@ def main(argv=None) -> dict:
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync(dev)           # the optimizer's kernels too, not only the loss, are in the step
         return float(loss)
 
     times, cpu, losses = [], [], []
@@ -185,6 +216,7 @@ def main(argv=None) -> dict:
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         "threads": threads, "attn_implementation": args.attn, "interleaved": args.serve,
+        "device": describe_device(dev), "tf32": args.tf32,
         "torch": torch.__version__, "transformers": transformers.__version__,
     }
     print(json.dumps(out), flush=True)

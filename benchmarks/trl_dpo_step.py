@@ -24,7 +24,8 @@ Set-up (no network, nothing downloaded):
   TRL's `DataCollatorForVisionPreference` tokenizes and preprocesses on the fly.
 * `DPOConfig`: per_device_train_batch_size = pairs, max_steps = warmup + steps, beta 0.1,
   sigmoid loss, fp32 (`bf16=False`), `gradient_checkpointing=False` (TRL's default is True;
-  the JAX side runs without remat, so both sides keep activations), `use_cpu=True`.
+  the JAX side runs without remat, so both sides keep activations), `use_cpu=True` unless
+  `--device cuda` (then `tf32` as `--tf32` says).
 * timing: a `TrainerCallback` takes the wall clock from `on_step_begin` to `on_step_end`:
   the forward (policy + reference), backward, clip and optimizer step. The Trainer fetches
   (and collates, i.e. tokenizes + preprocesses images) the batch *before* `on_step_begin`,
@@ -109,6 +110,7 @@ def main(argv=None) -> dict:
                     help="after warm-up, run one timed step per stdin line (interleaving)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="TRL's own default; off by default here (the JAX side does not remat)")
+    lean.add_device_args(ap)
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -124,6 +126,7 @@ def main(argv=None) -> dict:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = lean.setup_device(args)
     total = args.warmup + args.steps
 
     class StepTimer(TrainerCallback):
@@ -135,9 +138,11 @@ def main(argv=None) -> dict:
                 if len(self.times) == args.warmup:
                     print(json.dumps({"event": "ready"}), flush=True)
                 sys.stdin.readline()
+            lean.sync(dev)
             self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, a, state, control, **kw):
+            lean.sync(dev)   # CUDA runs asynchronously: the step ends when its kernels do
             self.times.append(time.perf_counter() - self.t0)
             self.cpu.append(time.process_time() - self.c0)
             print(f"[trl] step {len(self.times) - 1} {self.times[-1]:.3f}s", file=sys.stderr, flush=True)
@@ -160,7 +165,8 @@ def main(argv=None) -> dict:
             gradient_accumulation_steps=1, max_steps=total, learning_rate=args.lr,
             weight_decay=0.0, max_grad_norm=1.0, beta=args.beta, loss_type=["sigmoid"],
             max_length=None, gradient_checkpointing=args.gradient_checkpointing,
-            bf16=False, fp16=False, use_cpu=True, logging_steps=10**6, save_strategy="no",
+            bf16=False, fp16=False, use_cpu=dev.type == "cpu",
+            tf32=args.tf32 if dev.type == "cuda" else None, logging_steps=10**6, save_strategy="no",
             report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
             disable_tqdm=True, seed=0)
         timer = StepTimer()
@@ -189,7 +195,7 @@ def main(argv=None) -> dict:
         "tokens_per_step": tokens, "tokens_per_s": tokens / med,
         "trainable_params": trainable, "reference": "online copy" if ref_is_copy else "none?",
         "gradient_checkpointing": args.gradient_checkpointing, "threads": threads,
-        "interleaved": args.serve,
+        "interleaved": args.serve, "device": lean.describe_device(dev), "tf32": args.tf32,
         "trl": trl.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
     }
     print(json.dumps(out), flush=True)

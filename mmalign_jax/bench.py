@@ -162,15 +162,20 @@ class Workload:
         }
 
 
-def train_config(method: str, w: Workload, lora: bool = False):
+def train_config(method: str, w: Workload, lora_rank: int = 0, dtype: str = "float32"):
     """The trainer config for the benchmark: the library defaults with the workload's
-    shapes, full fine-tuning of LM + projector (vision frozen), fp32, no remat, AdamW."""
+    shapes, full fine-tuning of LM + projector (vision frozen), fp32, no remat, AdamW.
+    `lora_rank` > 0: LoRA (alpha = 2·rank, the paper's ratio) on the LM instead of full
+    fine-tuning; `dtype` "bfloat16": bf16 compute and frozen weights (trained ones stay fp32),
+    as the llava presets train."""
     from mmalign_jax.train import defaults
     c = defaults.base_config(method)
     c.model.preset = w.preset
-    c.model.dtype = c.model.param_dtype = "float32"
+    c.model.dtype = c.model.param_dtype = dtype
     c.model.remat_policy = "none"
-    c.lora.enabled = lora
+    c.lora.enabled = lora_rank > 0
+    if lora_rank > 0:
+        c.lora.rank, c.lora.alpha = lora_rank, 2.0 * lora_rank
     c.lora.dropout = 0.0
     c.optim.lr = c.optim.projector_lr = 5e-5
     c.optim.weight_decay = 0.0
@@ -329,11 +334,11 @@ def _summary(times, items_per_step, tokens_per_step, flops, device):
     return out
 
 
-def bench_forward(w: Workload, steps: int, warmup: int) -> dict:
+def bench_forward(w: Workload, steps: int, warmup: int, dtype: str = "float32") -> dict:
     import jax
     import jax.numpy as jnp
     from mmalign_jax.models import llava
-    cfg = w.cfg.replace(dtype="float32", param_dtype="float32")
+    cfg = w.cfg.replace(dtype=dtype, param_dtype=dtype)
     model = llava.Llava(cfg)
     params = jax.jit(lambda k: llava.init_params(cfg, k))(jax.random.PRNGKey(0))
     batch = w.sft_batch()
@@ -372,12 +377,13 @@ class TrainBench:
     compiled once; `timed()` can be called again later (e.g. after the baselines ran, to
     bracket them: the machine's load drifts)."""
 
-    def __init__(self, method: str, w: Workload, remat: str = "none"):
+    def __init__(self, method: str, w: Workload, remat: str = "none", lora_rank: int = 0,
+                 dtype: str = "float32"):
         import jax
         from mmalign_jax import parallel
         from mmalign_jax.train import defaults, loop
         self.method, self.w = method, w
-        c = train_config(method, w)
+        c = train_config(method, w, lora_rank, dtype)
         c.model.remat_policy = remat
         defaults.validate(c, jax.device_count())
         self.run = loop.build(c, total_steps=1000)
@@ -451,12 +457,26 @@ class TrainBench:
         mem = self.train_step.memory
         if mem is not None:
             out["temp_bytes"] = int(getattr(mem, "temp_size_in_bytes", 0) or 0)
+            out["argument_bytes"] = int(getattr(mem, "argument_size_in_bytes", 0) or 0)
+        stats = device_memory_stats()
+        if stats:
+            out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+            out["device_bytes_limit"] = stats.get("bytes_limit")
         return out
 
 
+def device_memory_stats() -> dict | None:
+    """The allocator's counters of device 0 (GPU/TPU); None where the backend has none (CPU)."""
+    import jax
+    try:
+        return jax.devices()[0].memory_stats() or None
+    except Exception:   # not implemented on some backends
+        return None
+
+
 def bench_train(method: str, w: Workload, steps: int, warmup: int, eval_too: bool = True,
-                remat: str = "none") -> dict:
-    tb = TrainBench(method, w, remat)
+                remat: str = "none", lora_rank: int = 0, dtype: str = "float32") -> dict:
+    tb = TrainBench(method, w, remat, lora_rank, dtype)
     tb.timed(steps, warmup)
     if eval_too:
         tb.time_forward_only(max(steps // 2, 1))
@@ -577,6 +597,11 @@ def missing_packages(name: str) -> list[str]:
     return [p for p in BASELINE_PACKAGES[name] if importlib.util.find_spec(p) is None]
 
 
+# What the baselines run on, set by `main` from JAX's backend and --precision: on a GPU they
+# run on CUDA too, with TF32 matmuls exactly when ours may use them.
+BASELINE_DEVICE_ARGS: list = []
+
+
 def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: bool = False):
     """(argv, None) to run a baseline, or (None, error dict) when it cannot run here."""
     script = os.path.join(REPO, BASELINE_SCRIPTS[name])
@@ -591,7 +616,7 @@ def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: boo
         return None, {**base, "error": f"not run: the baseline scripts know presets {BASELINE_PRESETS}"}
     cmd = [sys.executable, script, "--preset", w.preset, "--steps", str(steps),
            "--warmup", str(warmup), "--pairs", str(w.pairs), "--prompt-text", str(w.prompt_text),
-           "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, [])
+           "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, []) + BASELINE_DEVICE_ARGS
     return cmd + (["--serve"] if serve else []), None
 
 
@@ -753,6 +778,25 @@ def _flops_cell(r) -> str:
     return f"{g(r.get('jaxpr_flops'))} / {g(r.get('xla_flops'))} / {g(r.get('analytic_flops'))}"
 
 
+def _dtype_words(res: dict) -> str:
+    dtype = res.get("dtype", "float32")
+    words = ("bf16 compute and frozen weights, trained weights fp32" if dtype == "bfloat16"
+             else "float32")
+    prec = res.get("precision", "n/a (CPU)")
+    if not prec.startswith("n/a"):
+        words += (", fp32 matmuls at full precision on every side (no TF32)" if prec == "highest"
+                  else ", each backend's default matmul precision (TF32 allowed)")
+    return words
+
+
+def _trained_words(res: dict) -> str:
+    r = res.get("lora_rank", 0)
+    if r:
+        return (f"LoRA r{r}/α{2 * r} on the LM's linear layers + projector trained, base LM "
+                "frozen (the reference is the base with adapters off)")
+    return "LM + projector fully trained (no LoRA, on every side)"
+
+
 def markdown(res: dict) -> str:
     m, w = res["machine"], res["workload"]
     v = m["versions"]
@@ -767,8 +811,8 @@ def markdown(res: dict) -> str:
         "",
         f"Workload `{w['preset']}`: {w['pairs']} pairs/step, 1 image = {w['image_tokens']} tokens, "
         f"prompt {w['prompt_len']} tokens (image + {w['prompt_len'] - w['image_tokens']} text), "
-        f"chosen/rejected {w['response_len']} tokens each; float32; AdamW, clip 1.0; vision "
-        "frozen; LM + projector fully trained (no LoRA, on every side); reference online. "
+        f"chosen/rejected {w['response_len']} tokens each; {_dtype_words(res)}; AdamW, clip 1.0; "
+        f"vision frozen; {_trained_words(res)}; reference online. "
         f"Median over {res['steps']} steps after {res['warmup']} warm-up steps.",
         "",
     ]
@@ -829,7 +873,13 @@ def markdown(res: dict) -> str:
         fo = dpo.get("forward_only_s_median")
         fo = "" if fo is None else (f"forward-only (policy + reference, no backward) {fo:.3f} s "
                                     f"of the {dpo['s_per_step_median']:.3f} s step; ")
-        lines.append(f"DPO diagnostics: {fo}"
+        mem = ""
+        if dpo.get("device_peak_bytes"):
+            mem = (f"device memory peak {dpo['device_peak_bytes'] / 2**30:.1f} GiB of "
+                   f"{(dpo.get('device_bytes_limit') or 0) / 2**30:.0f} GiB (allocator counter, "
+                   f"whole process); XLA temp buffers {dpo.get('temp_bytes', 0) / 2**30:.1f} GiB, "
+                   f"arguments {dpo.get('argument_bytes', 0) / 2**30:.1f} GiB; ")
+        lines.append(f"DPO diagnostics: {fo}{mem}"
                      f"achieved {_fmt(dpo.get('achieved_gflops'), '.1f')} GFLOP/s (counted "
                      f"FLOPs / median step); analytic FLOPs of the concatenated "
                      f"[2B, P+R] layout the baselines run: "
@@ -897,6 +947,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--remat", default="none",
                     help="model.remat_policy of the JAX train steps (none|full|dots|dots_no_batch); "
                          "a comma list adds one DPO row per extra policy (the first is 'ours')")
+    ap.add_argument("--lora", type=int, default=0, metavar="RANK",
+                    help="LoRA of this rank (alpha 2·rank) on the LM instead of full fine-tuning "
+                         "(JAX rows only: the baseline scripts fine-tune fully)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="compute dtype of the JAX steps (bfloat16: frozen weights bf16 too, "
+                         "trained ones fp32; JAX rows only)")
+    ap.add_argument("--precision", default="highest", choices=("highest", "default"),
+                    help="float32 matmul precision on GPU/TPU: 'highest' = true fp32 on every "
+                         "side; 'default' = the backends' defaults made equal (XLA's TF32 / bf16 "
+                         "passes, PyTorch with TF32 allowed). No effect on CPU")
     ap.add_argument("--json", default="", help="also write the raw results here")
     ap.add_argument("--profile", default="", metavar="DIR",
                     help="after timing, trace one DPO step into DIR and add an op-time breakdown")
@@ -915,22 +975,35 @@ def main(argv=None) -> dict:
     for r in remats:
         if r not in ("none", "full", "dots", "dots_no_batch"):
             ap.error(f"--remat {r!r}: use none|full|dots|dots_no_batch")
+    import jax
+    backend = jax.default_backend()
+    if backend != "cpu":
+        if args.precision == "highest":
+            jax.config.update("jax_default_matmul_precision", "highest")
+        BASELINE_DEVICE_ARGS[:] = (["--device", "cuda"] if backend == "gpu" else []) + (
+            ["--tf32"] if args.precision == "default" else [])
+    jax_only = args.lora > 0 or args.dtype != "float32"
     w = Workload(args.preset, args.pairs, args.prompt_text, args.response_len)
     whats = ("forward", "sft", "dpo") if args.what == "all" else (args.what,)
     baselines = [b for b in args.baselines.replace(" ", "").split(",") if b and b != "none"]
     for b in baselines:
         if b not in BASELINE_SCRIPTS:
             ap.error(f"unknown baseline {b!r}; use {', '.join(BASELINE_SCRIPTS)}")
+    if baselines and jax_only:
+        ap.error("--lora / --dtype bfloat16 change only our side: the baselines would run "
+                 "another workload; add --baselines none")
     res = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "command": "python -m mmalign_jax.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine_info(), "workload": w.describe(), "steps": args.steps,
-           "warmup": args.warmup, "load_before": _load()}
+           "warmup": args.warmup, "load_before": _load(), "lora_rank": args.lora,
+           "dtype": args.dtype, "precision": args.precision if backend != "cpu" else "n/a (CPU)"}
     if "forward" in whats:
-        res["forward"] = bench_forward(w, args.steps, args.warmup)
+        res["forward"] = bench_forward(w, args.steps, args.warmup, args.dtype)
     if "sft" in whats:
-        res["sft"] = bench_train("sft", w, args.steps, args.warmup, eval_too=False, remat=remats[0])
+        res["sft"] = bench_train("sft", w, args.steps, args.warmup, eval_too=False, remat=remats[0],
+                                lora_rank=args.lora, dtype=args.dtype)
     if "dpo" in whats:
-        tbs = {r: TrainBench("dpo", w, r) for r in remats}
+        tbs = {r: TrainBench("dpo", w, r, args.lora, args.dtype) for r in remats}
         if args.sequential:
             for tb in tbs.values():
                 tb.timed(args.steps, args.warmup, "before baselines")
