@@ -385,7 +385,7 @@ class TrainBench:
         self.method, self.w = method, w
         c = train_config(method, w, lora_rank, dtype)
         c.model.remat_policy = remat
-        defaults.validate(c, jax.device_count())
+        defaults.validate(c, jax.device_count(), random_init_ok=True)
         self.run = loop.build(c, total_steps=1000)
         local = w.dpo_batch() if method == "dpo" else w.sft_batch()
         self.batch = parallel.global_batch(local, self.run.mesh, self.run.shardings["rules"])

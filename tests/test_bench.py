@@ -1,8 +1,9 @@
-"""Smoke tests of `python -m mmalign_jax.bench` (seconds: the tiny preset, forward only)."""
+"""Smoke tests of `python -m mmalign_jax.bench` (seconds: the tiny preset)."""
 import math
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from mmalign_jax import bench
 from mmalign_jax.models import presets
@@ -56,3 +57,42 @@ def test_peak_table():
     assert bench.peak_flops(Dev()) == 197e12
     Dev.platform, Dev.device_kind = "cpu", "cpu"
     assert bench.peak_flops(Dev()) is None
+
+
+def test_lora_bf16_step_trains_only_adapters_and_projector_in_bf16():
+    # --lora/--dtype: the published recipe's kind of step (what the GPU figures time).
+    w = bench.Workload("tiny", jax.device_count(), 8, 8)
+    c = bench.train_config("dpo", w, lora_rank=8, dtype="bfloat16")
+    assert c.lora.enabled and (c.lora.rank, c.lora.alpha) == (8, 16.0)
+    full = bench.TrainBench("dpo", w)
+    tb = bench.TrainBench("dpo", w, lora_rank=8, dtype="bfloat16")
+    assert 0 < bench._count(tb.run.state.trainable) < bench._count(full.run.state.trainable) / 5
+    assert {x.dtype for x in jax.tree.leaves(tb.run.frozen)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(tb.run.state.trainable)} == {jnp.dtype(jnp.float32)}
+    tb.timed(3, 0)   # policy = reference at the start (B = 0): loss log 2
+    assert tb.finite and tb.losses[0] == pytest.approx(math.log(2), abs=1e-3)
+    b = [x for path, x in jax.tree_util.tree_flatten_with_path(tb.run.state.trainable)[0]
+         if getattr(path[-1], "key", None) == "b"]
+    assert b and any(float(jnp.abs(x).max()) > 0 for x in b)   # the adapters trained
+
+
+def test_llava_presets_may_start_random_in_the_bench_only():
+    from mmalign_jax.train import defaults
+    c = bench.train_config("dpo", bench.Workload("tiny", 2, 8, 8))
+    c.model.preset = "llava-1.5-7b"
+    with pytest.raises(defaults.ConfigError, match="hf_checkpoint"):
+        defaults.validate(c, 1)
+    defaults.validate(c, 1, random_init_ok=True)
+
+
+def test_baselines_refused_when_our_side_runs_another_workload(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--what", "dpo", "--preset", "tiny", "--lora", "8", "--baselines", "torch"])
+    assert "--baselines none" in capsys.readouterr().err
+
+
+def test_baseline_command_carries_the_device_arguments(monkeypatch):
+    monkeypatch.setattr(bench, "missing_packages", lambda name: [])
+    monkeypatch.setattr(bench, "BASELINE_DEVICE_ARGS", ["--device", "cuda", "--tf32"])
+    cmd, err = bench.baseline_command("torch", bench.Workload("tiny", 4, 8, 8), 1, 0)
+    assert err is None and cmd[-3:] == ["--device", "cuda", "--tf32"]

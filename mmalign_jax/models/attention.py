@@ -3,10 +3,11 @@
 `LlavaConfig.attention_impl` picks the kernel of the full forward and of the DPO training
 path (token-by-token decoding through a KV cache always uses `jax.nn.dot_product_attention`):
 
-* ``"dot_product"`` — `jax.nn.dot_product_attention`: cuDNN flash attention on GPU for
-  bf16/fp16 inputs, otherwise XLA's reference path, which materialises the `[B, H, T, S]`
-  scores and (under autodiff) stores the softmax probabilities of every layer for the
-  backward.
+* ``"dot_product"`` — `jax.nn.dot_product_attention` with its default `implementation=None`,
+  which in JAX 0.10–0.11 is XLA's reference path on every backend (cuDNN's fused kernel is
+  used only when asked for by name, and it takes no arbitrary boolean mask): it
+  materialises the `[B, H, T, S]` scores and (under autodiff) stores the softmax
+  probabilities of every layer for the backward.
 * ``"chunked"`` — queries in tiles of `QUERY_CHUNK` rows (`tiled_attention`, a
   flash-attention-style custom VJP): the forward keeps only each row's log-sum-exp, the
   backward recomputes the tile's probabilities from q and k instead of reading stored
@@ -15,9 +16,10 @@ path (token-by-token decoding through a KV cache always uses `jax.nn.dot_product
   once per layer, so the tile matmuls are plain batched matmuls. The softmax is in float32
   and masked logits take the same large negative value as `jax.nn.dot_product_attention`,
   so fully masked (padding) rows stay finite.
-* ``"auto"`` (default) — ``"dot_product"`` on GPU for bf16/fp16 compute (cuDNN's fused
-  kernel is the better choice there), ``"chunked"`` everywhere else (CPU — measured in
-  docs/PERFORMANCE.md —, TPU, GPU in float32).
+* ``"auto"`` (default) — ``"dot_product"`` on GPU for bf16/fp16 compute, ``"chunked"``
+  everywhere else (CPU — measured in docs/PERFORMANCE.md —, TPU, GPU in float32). The GPU
+  choice is NOT backed by a measurement yet: it was made for a cuDNN kernel that the
+  default path does not use (docs/PERFORMANCE.md, "GPU").
 
 Query heads are grouped over the K key/value heads (GQA) without repeating K/V in memory.
 """

@@ -186,8 +186,10 @@ class ConfigError(ValueError):
     pass
 
 
-def validate(c: mlc.ConfigDict, n_devices: int) -> None:
-    """Fail before compiling anything, with a sentence that says what to change."""
+def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) -> None:
+    """Fail before compiling anything, with a sentence that says what to change.
+    `random_init_ok`: a llava preset may start from random weights (the benchmark times the
+    real shapes; training them from scratch is never what a user wants)."""
     def need(cond, msg):
         if not cond:
             raise ConfigError(msg)
@@ -202,7 +204,7 @@ def validate(c: mlc.ConfigDict, n_devices: int) -> None:
     if c.model.init_from == DEMO_SFT:
         need(c.data.source == "demo", f"model.init_from={DEMO_SFT!r} trains the demo SFT model "
              "first and needs data.source='demo'; point model.init_from at an SFT workdir instead")
-    if c.model.preset in PAPER_PRESETS:
+    if c.model.preset in PAPER_PRESETS and not random_init_ok:
         need(bool(c.model.hf_checkpoint or c.model.init_from),
              f"preset {c.model.preset} trains a real model: pass "
              "--config.model.hf_checkpoint=/path/to/llava-hf folder")
