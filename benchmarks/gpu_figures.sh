@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The commands behind the GPU figures in docs/PERFORMANCE.md, run from the repository root on
-# a machine with one CUDA GPU and JAX (CUDA), PyTorch and transformers installed; trl and the
-# other missing packages can come as wheels in .whl/ (no network needed). Results (logs and
+# a machine with one CUDA GPU and JAX (CUDA), PyTorch, transformers and peft installed; trl
+# and the other missing packages can come as wheels in .whl/ (no network needed). Results (logs and
 # raw JSON) go to $OUT (default /tmp/gpu_figures). Each part has its own time limit and the
 # parts are independent: one failing still leaves the others' figures.
 set -u
@@ -36,9 +36,11 @@ XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 240 python3 -m mmalign_jax.bench --wh
 echo "part 1 rc=$?"; grep -E "^\|" "$OUT/small.log" | head -12
 
 # 2. The published recipe's shapes: LLaVA-1.5-7B (CLIP-L/336, 576 image tokens; 6.7B LM),
-#    LoRA r128/α256, bf16 compute, DPO, 4 pairs of 64 text + 2 × 256 response tokens.
+#    LoRA r128/α256, bf16 compute, DPO, 4 pairs of 64 text + 2 × 256 response tokens; the
+#    lean PyTorch step does the same through peft (BASELINES_7B=none to skip it).
 timeout 220 python3 -m mmalign_jax.bench --what dpo --preset llava-1.5-7b --pairs 4 \
-  --prompt-text 64 --response-len 256 --lora 128 --dtype bfloat16 --baselines none --no-eval \
+  --prompt-text 64 --response-len 256 --lora 128 --dtype bfloat16 \
+  --baselines "${BASELINES_7B:-torch}" --no-eval \
   --steps 5 --warmup 2 --json "$OUT/7b.json" > "$OUT/7b.log" 2>&1
 echo "part 2 rc=$?"; grep -E "^\||DPO diag" "$OUT/7b.log" | head -8
 

@@ -25,6 +25,7 @@ What it does, the usual way:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -32,7 +33,8 @@ import statistics
 import sys
 import time
 
-# Shapes mirror mmalign_jax.models.presets (kept here so this script does not import JAX).
+# Shapes mirror mmalign_jax.models.presets (kept here so this script does not import JAX;
+# tests/test_bench.py checks they still match).
 PRESETS = {
     "bench-small": dict(
         vision=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
@@ -43,11 +45,19 @@ PRESETS = {
         image_token_id=31999),
     "tiny": dict(
         vision=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                    num_attention_heads=4, image_size=64, patch_size=8),
+                    num_attention_heads=4, image_size=48, patch_size=16),
         text=dict(vocab_size=1024, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
                   max_position_embeddings=512, pad_token_id=3, bos_token_id=1, eos_token_id=2),
         image_token_id=4),
+    # llava-hf/llava-1.5-7b-hf: CLIP-L/336 + the 7B Vicuna-1.5 decoder
+    "llava-1.5-7b": dict(
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                    num_attention_heads=16, image_size=336, patch_size=14),
+        text=dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-5,
+                  max_position_embeddings=4096, pad_token_id=32001, bos_token_id=1, eos_token_id=2),
+        image_token_id=32000),
 }
 
 
@@ -70,13 +80,11 @@ def num_image_tokens(preset: str) -> int:
 
 def ordinary_token_range(preset: str) -> tuple[int, int]:
     """[lo, hi) of ids that are neither specials (< 5) nor pad / image (the top of bench-small's
-    vocabulary, the bottom of tiny's)."""
+    vocabulary, the bottom of tiny's, 32000/32001 below llava-1.5's 64 padding rows)."""
     p = PRESETS[preset]
-    special = {p["image_token_id"], p["text"]["pad_token_id"]}
-    lo, hi = 5, p["text"]["vocab_size"]
-    while hi - 1 in special:
-        hi -= 1
-    return lo, hi
+    lo = 5
+    above = [i for i in (p["image_token_id"], p["text"]["pad_token_id"]) if i >= lo]
+    return lo, min(above, default=p["text"]["vocab_size"])
 
 
 def synthetic_batch(preset: str, pairs: int, prompt_text: int, response_len: int, seed: int = 0):
@@ -143,6 +151,11 @@ def main(argv=None) -> dict:
     add_device_args(ap)
     ap.add_argument("--serve", action="store_true",
                     help="after warm-up, run one timed step per stdin line (interleaving)")
+    ap.add_argument("--lora", type=int, default=0, metavar="RANK",
+                    help="LoRA of this rank (peft, alpha 2·rank) on the LM's linear layers, "
+                         "projector trained, reference = adapters off (no copy)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="bfloat16: frozen weights in bf16, trained ones fp32, bf16 autocast")
     args = ap.parse_args(argv)
 
     import torch
@@ -159,8 +172,26 @@ def main(argv=None) -> dict:
     config._attn_implementation = args.attn
     model = LlavaForConditionalGeneration(config).float().train().to(dev)
     model.model.vision_tower.requires_grad_(False)
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    bf16 = args.dtype == "bfloat16"
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+        if bf16:   # frozen base in bf16; the projector (trained) and the adapters stay fp32
+            model.to(torch.bfloat16)
+            model.model.multi_modal_projector.float()
+        peft_model = get_peft_model(model, LoraConfig(
+            r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0,
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"))
+        model.model.multi_modal_projector.requires_grad_(True)   # peft froze all but adapters
+        ref = None      # the reference is the same model with its adapters off
+    else:
+        if bf16:
+            model.model.vision_tower.to(torch.bfloat16)
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        if bf16:
+            ref.to(torch.bfloat16)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    autocast = ((lambda: torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False))
+                if bf16 else contextlib.nullcontext)
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     ids, mask, pixels, resp_mask, P = (t.to(dev) if torch.is_tensor(t) else t for t in synthetic_batch(
@@ -176,9 +207,14 @@ def main(argv=None) -> dict:
         return (logp * resp_mask).sum(-1)
 
     def step():
-        logps = response_logps(model)
-        with torch.no_grad():
-            ref_logps = response_logps(ref)
+        with autocast():
+            logps = response_logps(model)
+            with torch.no_grad():
+                if ref is None:
+                    with peft_model.disable_adapter():
+                        ref_logps = response_logps(model)
+                else:
+                    ref_logps = response_logps(ref)
         pc, pr = logps[:B], logps[B:]
         rc, rr = ref_logps[:B], ref_logps[B:]
         loss = -F.logsigmoid(args.beta * ((pc - rc) - (pr - rr))).mean()
@@ -216,7 +252,8 @@ def main(argv=None) -> dict:
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         "threads": threads, "attn_implementation": args.attn, "interleaved": args.serve,
-        "device": describe_device(dev), "tf32": args.tf32,
+        "device": describe_device(dev), "tf32": args.tf32, "lora_rank": args.lora,
+        "dtype": args.dtype,
         "torch": torch.__version__, "transformers": transformers.__version__,
     }
     print(json.dumps(out), flush=True)

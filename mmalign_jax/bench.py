@@ -63,7 +63,7 @@ BASELINE_EXTRA_ARGS = {"trl-gc": ["--gradient-checkpointing"], "torch-1t": ["--t
 _TRL_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets")
 BASELINE_PACKAGES = {"torch": ("torch", "transformers"), "torch-1t": ("torch", "transformers"),
                      "trl": _TRL_PACKAGES, "trl-gc": _TRL_PACKAGES}
-BASELINE_PRESETS = ("bench-small", "tiny")   # shapes the baseline scripts know
+BASELINE_PRESETS = ("bench-small", "tiny", "llava-1.5-7b")   # shapes the baseline scripts know
 
 # Dense bf16 peak FLOP/s per chip (vendor figures). MFU is quoted against these even for a
 # float32 run (the usual convention is to compare with the bf16 peak).
@@ -119,12 +119,12 @@ class Workload:
                     seq_len=self.seq_len)
 
     def _ids(self, rng, shape):
+        # Below the pad / image ids: bench-small keeps them at the top of its vocabulary,
+        # llava-1.5 at 32000/32001 under 64 padding rows (an image id in the text would
+        # ask for a second image).
         t = self.cfg.text
-        special = {self.cfg.image_token_id, t.pad_token_id}
-        hi = t.vocab_size
-        while hi - 1 in special:
-            hi -= 1
-        return rng.integers(5, hi, shape).astype(np.int32)
+        above = [i for i in (self.cfg.image_token_id, t.pad_token_id) if i is not None and i >= 5]
+        return rng.integers(5, min(above, default=t.vocab_size), shape).astype(np.int32)
 
     def _prompt(self, rng):
         b = self.pairs
@@ -597,9 +597,10 @@ def missing_packages(name: str) -> list[str]:
     return [p for p in BASELINE_PACKAGES[name] if importlib.util.find_spec(p) is None]
 
 
-# What the baselines run on, set by `main` from JAX's backend and --precision: on a GPU they
-# run on CUDA too, with TF32 matmuls exactly when ours may use them.
-BASELINE_DEVICE_ARGS: list = []
+# Set by `main`: what the baselines run on (on a GPU CUDA too, TF32 exactly when ours may use
+# it) and --lora / --dtype, which only the lean PyTorch script takes (peft, bf16 autocast).
+BASELINE_RUN_ARGS: list = []
+LORA_BASELINES = ("torch", "torch-1t")
 
 
 def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: bool = False):
@@ -616,7 +617,7 @@ def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: boo
         return None, {**base, "error": f"not run: the baseline scripts know presets {BASELINE_PRESETS}"}
     cmd = [sys.executable, script, "--preset", w.preset, "--steps", str(steps),
            "--warmup", str(warmup), "--pairs", str(w.pairs), "--prompt-text", str(w.prompt_text),
-           "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, []) + BASELINE_DEVICE_ARGS
+           "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, []) + BASELINE_RUN_ARGS
     return cmd + (["--serve"] if serve else []), None
 
 
@@ -792,8 +793,8 @@ def _dtype_words(res: dict) -> str:
 def _trained_words(res: dict) -> str:
     r = res.get("lora_rank", 0)
     if r:
-        return (f"LoRA r{r}/α{2 * r} on the LM's linear layers + projector trained, base LM "
-                "frozen (the reference is the base with adapters off)")
+        return (f"LoRA r{r}/α{2 * r} on the LM's linear layers (PyTorch: peft) + projector "
+                "trained, base LM frozen (the reference is the base with adapters off)")
     return "LM + projector fully trained (no LoRA, on every side)"
 
 
@@ -949,10 +950,10 @@ def main(argv=None) -> dict:
                          "a comma list adds one DPO row per extra policy (the first is 'ours')")
     ap.add_argument("--lora", type=int, default=0, metavar="RANK",
                     help="LoRA of this rank (alpha 2·rank) on the LM instead of full fine-tuning "
-                         "(JAX rows only: the baseline scripts fine-tune fully)")
+                         "(baselines: torch only, through peft)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="compute dtype of the JAX steps (bfloat16: frozen weights bf16 too, "
-                         "trained ones fp32; JAX rows only)")
+                    help="compute dtype (bfloat16: frozen weights bf16 too, trained ones fp32; "
+                         "baselines: torch only, bf16 autocast)")
     ap.add_argument("--precision", default="highest", choices=("highest", "default"),
                     help="float32 matmul precision on GPU/TPU: 'highest' = true fp32 on every "
                          "side; 'default' = the backends' defaults made equal (XLA's TF32 / bf16 "
@@ -980,18 +981,20 @@ def main(argv=None) -> dict:
     if backend != "cpu":
         if args.precision == "highest":
             jax.config.update("jax_default_matmul_precision", "highest")
-        BASELINE_DEVICE_ARGS[:] = (["--device", "cuda"] if backend == "gpu" else []) + (
+        BASELINE_RUN_ARGS[:] = (["--device", "cuda"] if backend == "gpu" else []) + (
             ["--tf32"] if args.precision == "default" else [])
     jax_only = args.lora > 0 or args.dtype != "float32"
+    if jax_only:
+        BASELINE_RUN_ARGS.extend(["--lora", str(args.lora), "--dtype", args.dtype])
     w = Workload(args.preset, args.pairs, args.prompt_text, args.response_len)
     whats = ("forward", "sft", "dpo") if args.what == "all" else (args.what,)
     baselines = [b for b in args.baselines.replace(" ", "").split(",") if b and b != "none"]
     for b in baselines:
         if b not in BASELINE_SCRIPTS:
             ap.error(f"unknown baseline {b!r}; use {', '.join(BASELINE_SCRIPTS)}")
-    if baselines and jax_only:
-        ap.error("--lora / --dtype bfloat16 change only our side: the baselines would run "
-                 "another workload; add --baselines none")
+    if jax_only and any(b not in LORA_BASELINES for b in baselines):
+        ap.error("--lora / --dtype bfloat16: only the lean PyTorch baseline (torch, torch-1t) "
+                 "runs that workload too; use --baselines torch or --baselines none")
     res = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "command": "python -m mmalign_jax.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine_info(), "workload": w.describe(), "steps": args.steps,

@@ -84,14 +84,36 @@ def test_llava_presets_may_start_random_in_the_bench_only():
     defaults.validate(c, 1, random_init_ok=True)
 
 
-def test_baselines_refused_when_our_side_runs_another_workload(capsys):
-    with pytest.raises(SystemExit):
-        bench.main(["--what", "dpo", "--preset", "tiny", "--lora", "8", "--baselines", "torch"])
-    assert "--baselines none" in capsys.readouterr().err
+def test_baselines_refused_when_they_cannot_run_our_workload(capsys):
+    with pytest.raises(SystemExit):   # TRL's script fine-tunes fully in fp32 only
+        bench.main(["--what", "dpo", "--preset", "tiny", "--lora", "8", "--baselines", "torch,trl"])
+    assert "--baselines torch" in capsys.readouterr().err
 
 
 def test_baseline_command_carries_the_device_arguments(monkeypatch):
     monkeypatch.setattr(bench, "missing_packages", lambda name: [])
-    monkeypatch.setattr(bench, "BASELINE_DEVICE_ARGS", ["--device", "cuda", "--tf32"])
+    monkeypatch.setattr(bench, "BASELINE_RUN_ARGS", ["--device", "cuda", "--tf32"])
     cmd, err = bench.baseline_command("torch", bench.Workload("tiny", 4, 8, 8), 1, 0)
     assert err is None and cmd[-3:] == ["--device", "cuda", "--tf32"]
+
+
+def test_baseline_shapes_match_our_presets():
+    # The baseline scripts keep their own copy of the shapes (they must not import JAX); a
+    # preset changed on one side only would compare different models.
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "torch_dpo_step.py")
+    spec = importlib.util.spec_from_file_location("torch_dpo_step", path)
+    lean = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lean)
+    assert set(bench.BASELINE_PRESETS) <= set(lean.PRESETS)
+    for name in bench.BASELINE_PRESETS:
+        hf = presets.to_hf_config(presets.get_preset(name))
+        theirs = lean.PRESETS[name]
+        for k, v in theirs["vision"].items():
+            assert hf["vision_config"][k] == v, (name, "vision", k)
+        for k, v in theirs["text"].items():
+            assert hf["text_config"][k] == v, (name, "text", k)
+        assert hf["image_token_index"] == theirs["image_token_id"], name
+        assert lean.num_image_tokens(name) == presets.get_preset(name).num_image_tokens, name

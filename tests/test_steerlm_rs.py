@@ -85,7 +85,7 @@ def demo(tmp_path_factory):
 def examples(c):
     """Every training example of `c`'s train split: (example id, prompt ids, target ids)."""
     data = data_lib.TrainData(c, loop.model_config(c))
-    loader = data._loader(data.train_source, shuffle=False, epochs=1, drop_remainder=False)
+    loader = data._loader("train", shuffle=False, epochs=1, drop_remainder=False)
     out = []
     for batch in loader:
         for row in range(len(batch["weight"])):

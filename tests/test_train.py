@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from mmalign_jax import parallel
+from mmalign_jax.data import pipeline
 from mmalign_jax.train import checkpoint as ckpt_lib
 from mmalign_jax.train import data as data_lib
 from mmalign_jax.train import defaults, loop
@@ -225,11 +226,18 @@ def test_sharded_equals_single_device(tmp_path, tmp_path_factory, data_dir, lora
 
 # --------------------------------------------------------------- 2. precomputed == online ref
 
-def test_precomputed_reference_equals_online(tmp_path, tmp_path_factory, data_dir):
+def test_precomputed_reference_equals_online(tmp_path, tmp_path_factory, data_dir, monkeypatch):
     _, online, _ = _dpo_8dev(tmp_path_factory, data_dir, True)
     c, _ = tiny("dpo", tmp_path / "pre", data_dir, MESH_222, {"dpo.reference": "precomputed"})
+    built = []
+    real_build = pipeline.build_examples
+    monkeypatch.setattr(pipeline, "build_examples",
+                        lambda *a, **k: built.append(a[0]) or real_build(*a, **k))
     run, pre, data = run_steps(c, 3)
     assert run.ref is None   # the reference weights are not used by the step
+    # The train split is tokenized once: the step count, the reference pass and the
+    # training stream (with the log-probs attached) share it (eval_every=0: no eval split).
+    assert built == ["dpo"]
 
     np.testing.assert_allclose(losses(pre), losses(online), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses(pre, "rewards/margin"), losses(online, "rewards/margin"),

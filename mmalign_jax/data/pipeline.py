@@ -58,7 +58,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import grain
 import numpy as np
@@ -474,18 +474,7 @@ def _dpo_table(recs, cfg: PipelineConfig, tokenizer, skipped: list, truncated: l
             refs["rejected"].append(float(p["ref_rejected_logp"]))
     table_refs = None
     if ref_logps is not None:
-        table_refs = {}
-        for k in ("chosen", "rejected"):
-            if k not in ref_logps:
-                raise ValueError(f"ref_logps needs keys 'chosen' and 'rejected', got "
-                                 f"{sorted(ref_logps)}")
-            a = np.asarray(ref_logps[k], np.float32).reshape(-1)
-            if len(a) != len(ids):
-                raise ValueError(
-                    f"ref_logps[{k!r}] has {len(a)} entries but the loader has {len(ids)} "
-                    "examples; compute them with a loader built from the same data and the "
-                    "same PipelineConfig lengths (they are indexed by example_index)")
-            table_refs[k] = a
+        table_refs = _checked_ref_logps(ref_logps, len(ids))
     elif have_refs:
         table_refs = {k: np.asarray(v, np.float32) for k, v in refs.items()}
         if truncated:
@@ -496,6 +485,53 @@ def _dpo_table(recs, cfg: PipelineConfig, tokenizer, skipped: list, truncated: l
         log.warning("only some pairs carry ref_chosen_logp/ref_rejected_logp: not used")
     return ExampleTable("dpo", ids, rids, np.asarray(ridx, np.int64), np.asarray(nimg, np.int32),
                         {k: _Ragged(v, np.int32) for k, v in toks.items()}, table_refs)
+
+
+def _checked_ref_logps(ref_logps: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
+    out = {}
+    for k in ("chosen", "rejected"):
+        if k not in ref_logps:
+            raise ValueError(f"ref_logps needs keys 'chosen' and 'rejected', got "
+                             f"{sorted(ref_logps)}")
+        a = np.asarray(ref_logps[k], np.float32).reshape(-1)
+        if len(a) != n:
+            raise ValueError(
+                f"ref_logps[{k!r}] has {len(a)} entries but the loader has {n} "
+                "examples; compute them with a loader built from the same data and the "
+                "same PipelineConfig lengths (they are indexed by example_index)")
+        out[k] = a
+    return out
+
+
+class Examples(NamedTuple):
+    """A split tokenized and paired once (`prepare_examples`), from which any number of
+    loaders are made (`make_loader(..., examples=)`): shuffled or not, other epochs, with
+    reference log-probs attached — without tokenizing the split again."""
+    kind: str
+    table: ExampleTable
+    images: "RecordImages"
+    skipped: list
+    truncated: list
+
+    def with_ref_logps(self, ref_logps: Mapping[str, Any]) -> "Examples":
+        if self.kind != "dpo":
+            raise ValueError("ref_logps is for DPO loaders")
+        table = dataclasses.replace(self.table,
+                                    ref_logps=_checked_ref_logps(ref_logps, len(self.table)))
+        return self._replace(table=table)
+
+
+def prepare_examples(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *,
+                     image_root: str | None = None,
+                     ref_logps: Mapping[str, Any] | None = None) -> Examples:
+    """The up-front part of `make_loader` (validation, pairing, tokenization), kept for reuse."""
+    table, rec_images, recs, skipped, truncated = build_examples(
+        kind, source_or_records, tokenizer, pcfg, ref_logps=ref_logps)
+    if rec_images is None:
+        root = image_root or ""
+        rec_images = RecordImages(paths=[[os.path.join(root, p) for p in r.images]
+                                         for r in recs])
+    return Examples(kind, table, rec_images, skipped, truncated)
 
 
 def build_examples(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *,
@@ -617,7 +653,8 @@ def _ensure_absl_flags_parsed() -> None:
 def make_loader(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *,
                 image_loader: Callable = default_image_loader, image_root: str | None = None,
                 ref_logps: Mapping[str, Any] | None = None,
-                shard_index: int | None = None, shard_count: int | None = None) -> Loader:
+                shard_index: int | None = None, shard_count: int | None = None,
+                examples: Examples | None = None) -> Loader:
     """A grain loader of fixed-shape numpy batches (layout: module docstring).
 
     kind: 'sft' (examples per ``pcfg.sft_mode``) or 'dpo' (pairs per ``pcfg.pair_*``).
@@ -628,6 +665,9 @@ def make_loader(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *
     image_loader: picklable callable, image ref (bytes or path) → PIL image.
     ref_logps: DPO only, ``{'chosen': [N], 'rejected': [N]}`` indexed by example_index.
     shard_index/shard_count: default ``jax.process_index()/jax.process_count()``.
+    examples: a split already prepared by ``prepare_examples`` with the same lengths,
+        template and pair settings (source_or_records, tokenizer and ref_logps are then
+        unused; attach reference log-probs with ``examples.with_ref_logps``).
     """
     if (shard_index is None) != (shard_count is None):
         raise ValueError("give both shard_index and shard_count, or neither")
@@ -636,13 +676,15 @@ def make_loader(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *
         shard_index, shard_count = jax.process_index(), jax.process_count()
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-    table, rec_images, recs, skipped, truncated = build_examples(
-        kind, source_or_records, tokenizer, pcfg, ref_logps=ref_logps)
-    if rec_images is None:
-        root = image_root or ""
-        rec_images = RecordImages(paths=[[os.path.join(root, p) for p in r.images]
-                                         for r in recs])
-    del recs
+    if examples is None:
+        examples = prepare_examples(kind, source_or_records, tokenizer, pcfg,
+                                    image_root=image_root, ref_logps=ref_logps)
+    elif examples.kind != kind:
+        raise ValueError(f"examples were prepared for {examples.kind!r}, not {kind!r}")
+    else:
+        pcfg.validate(kind)
+    table, rec_images = examples.table, examples.images
+    skipped, truncated = examples.skipped, examples.truncated
     n = len(table)
     if skipped or truncated:
         log.warning("%s loader: %d examples, %d skipped, %d truncated response(s); first: %s",

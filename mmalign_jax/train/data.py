@@ -61,14 +61,15 @@ class TrainData:
         self.data_dir = demo_data_dir(c) if c.data.source == "demo" else c.data.data_dir
         self.ref_logps: dict | None = None
         self._eval: pipeline.Loader | None = None
-        self.train_source = tfds_builder.open_split(self.data_dir, c.data.train_split)
-        self.eval_source = (tfds_builder.open_split(self.data_dir, c.data.eval_split)
-                            if c.data.eval_split and c.train.eval_every else None)
+        self.sources = {"train": tfds_builder.open_split(self.data_dir, c.data.train_split)}
+        if c.data.eval_split and c.train.eval_every:
+            self.sources["eval"] = tfds_builder.open_split(self.data_dir, c.data.eval_split)
+        self._examples: dict[str, pipeline.Examples] = {}   # each split tokenized once
         gb = c.train.global_batch_size
         if gb % jax.process_count():
             raise ValueError(f"train.global_batch_size={gb} must divide over "
                              f"{jax.process_count()} processes")
-        probe = self._loader(self.train_source, shuffle=True, epochs=None)
+        probe = self._loader("train", shuffle=True, epochs=None)
         self.num_examples = probe.num_examples
         self.steps_per_epoch = probe.steps_per_epoch
         self._train = probe
@@ -88,23 +89,28 @@ class TrainData:
             steerlm_format=c.data.steerlm_format, pair_rule=c.data.pair_rule,
             pair_seed=c.seed, pair_margin=c.data.pair_margin)
 
-    def _loader(self, source, shuffle, epochs, drop_remainder=True, ref=None):
-        return pipeline.make_loader(self.kind, source, self.tokenizer,
-                                    self.pcfg(shuffle, epochs, drop_remainder), ref_logps=ref)
+    def _loader(self, split, shuffle, epochs, drop_remainder=True, ref=None):
+        pcfg = self.pcfg(shuffle, epochs, drop_remainder)
+        if split not in self._examples:
+            self._examples[split] = pipeline.prepare_examples(
+                self.kind, self.sources[split], self.tokenizer, pcfg)
+        ex = self._examples[split]
+        return pipeline.make_loader(self.kind, None, None, pcfg,
+                                    examples=ex if ref is None else ex.with_ref_logps(ref))
 
     def train_iterator(self) -> pipeline.Loader:
         """The endless, shuffled training stream (epochs follow each other seamlessly)."""
         if self.ref_logps is not None:
-            self._train = self._loader(self.train_source, True, None, ref=self.ref_logps["train"])
+            self._train = self._loader("train", True, None, ref=self.ref_logps["train"])
         return self._train
 
     def eval_iterator(self):
         """A fresh pass over the whole eval split (last batch padded with weight-0 rows)."""
-        if self.eval_source is None:
+        if "eval" not in self.sources:
             return iter(())
         if self._eval is None:
             ref = None if self.ref_logps is None else self.ref_logps["eval"]
-            self._eval = self._loader(self.eval_source, False, 1, drop_remainder=False, ref=ref)
+            self._eval = self._loader("eval", False, 1, drop_remainder=False, ref=ref)
             return self._eval
         return self._eval.restart()
 
@@ -112,8 +118,8 @@ class TrainData:
         """The published recipe: reference log-probs computed once, stored in the workdir
         (`reference_logps.npz`, reused on rerun), then read from the batches."""
         path = os.path.join(self.c.workdir, "reference_logps.npz")
-        splits = {"train": self.train_source, "eval": self.eval_source}
-        self._eval = None  # rebuilt with the reference log-probs attached
+        splits = self.sources
+        self._eval = None  # remade with the reference log-probs attached
         if os.path.exists(path):
             z = np.load(path)
             self.ref_logps = {s: {"chosen": z[f"{s}_chosen"], "rejected": z[f"{s}_rejected"]}
@@ -122,10 +128,8 @@ class TrainData:
             return
         step = jax.jit(reference_step)
         out = {}
-        for split, source in splits.items():
-            if source is None:
-                continue
-            loader = self._loader(source, False, 1, drop_remainder=False)
+        for split in splits:
+            loader = self._loader(split, False, 1, drop_remainder=False)
             chosen = np.zeros(loader.num_examples, np.float32)
             rejected = np.zeros(loader.num_examples, np.float32)
             from tqdm.auto import tqdm
