@@ -266,6 +266,19 @@ def test_precomputed_reference_equals_online(tmp_path, tmp_path_factory, data_di
     b = next(again.train_iterator())
     np.testing.assert_array_equal(b["ref_chosen_logps"], z["train_chosen"][b["example_index"]])
 
+    # A rerun that turns evaluation on computes the eval split only (this fake reference step
+    # returns -1 everywhere: the stored train values must survive untouched).
+    c.train.eval_every = 1
+    with_eval = data_lib.TrainData(c, loop.model_config(c))
+    with_eval.attach_reference_logps(run, lambda batch, frozen, ref: (
+        -jnp.ones(batch["example_index"].shape), -jnp.ones(batch["example_index"].shape)))
+    z2 = dict(np.load(path))
+    assert set(z2) == {"train_chosen", "train_rejected", "eval_chosen", "eval_rejected"}
+    np.testing.assert_array_equal(z2["train_chosen"], z["train_chosen"])
+    assert np.all(z2["eval_chosen"] == -1) and len(z2["eval_chosen"]) > 0
+    e = next(with_eval.eval_iterator())
+    assert np.all(e["ref_chosen_logps"][e["weight"] > 0] == -1)
+
 
 # ------------------------------------------------------------- 3. resume == uninterrupted
 

@@ -118,17 +118,15 @@ class TrainData:
         """The published recipe: reference log-probs computed once, stored in the workdir
         (`reference_logps.npz`, reused on rerun), then read from the batches."""
         path = os.path.join(self.c.workdir, "reference_logps.npz")
-        splits = self.sources
         self._eval = None  # remade with the reference log-probs attached
-        if os.path.exists(path):
-            z = np.load(path)
-            self.ref_logps = {s: {"chosen": z[f"{s}_chosen"], "rejected": z[f"{s}_rejected"]}
-                              for s in splits if f"{s}_chosen" in z}
-            log.info("reference log-probs read from %s", path)
-            return
-        step = jax.jit(reference_step)
-        out = {}
-        for split in splits:
+        out = dict(np.load(path)) if os.path.exists(path) else {}
+        missing = [s for s in self.sources if f"{s}_chosen" not in out]
+        if out:
+            log.info("reference log-probs read from %s%s", path,
+                     f"; computing the missing split(s) {missing}" if missing else "")
+        if missing:
+            step = jax.jit(reference_step)
+        for split in missing:   # e.g. the eval split of a rerun that turned evaluation on
             loader = self._loader(split, False, 1, drop_remainder=False)
             chosen = np.zeros(loader.num_examples, np.float32)
             rejected = np.zeros(loader.num_examples, np.float32)
@@ -143,12 +141,12 @@ class TrainData:
                 chosen[idx[keep]] = pc[keep]
                 rejected[idx[keep]] = pr[keep]
             out[f"{split}_chosen"], out[f"{split}_rejected"] = chosen, rejected
-        if jax.process_index() == 0:
+        if missing and jax.process_index() == 0:
             tmp = path + ".tmp.npz"
             np.savez(tmp, **out)
             os.replace(tmp, path)
         self.ref_logps = {s: {"chosen": out[f"{s}_chosen"], "rejected": out[f"{s}_rejected"]}
-                          for s in splits if f"{s}_chosen" in out}
+                          for s in self.sources}
 
 
 def _gather(x) -> np.ndarray:
