@@ -170,7 +170,8 @@ def main(argv=None) -> dict:
 
     config = llava_config(args.preset)
     config._attn_implementation = args.attn
-    model = LlavaForConditionalGeneration(config).float().train().to(dev)
+    with dev:   # built on the device: a 7B model's random init on the host takes minutes
+        model = LlavaForConditionalGeneration(config).float().train()
     model.model.vision_tower.requires_grad_(False)
     bf16 = args.dtype == "bfloat16"
     if args.lora:
