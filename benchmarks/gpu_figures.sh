@@ -44,8 +44,8 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 220 python3 -m mmalign_jax.bench --w
   --preset llava-1.5-7b --pairs "${PAIRS_7B:-2}" \
   --prompt-text 64 --response-len 256 --lora 128 --dtype bfloat16 \
   --baselines "${BASELINES_7B:-torch}" --no-eval \
-  --steps 5 --warmup 2 --json "$OUT/7b.json" > "$OUT/7b.log" 2>&1
-echo "part 2 rc=$?"; grep -E "^\||DPO diag" "$OUT/7b.log" | head -8
+  --steps 5 --warmup 2 --json "$OUT/7b.json" --profile /tmp/prof7b > "$OUT/7b.log" 2>&1
+echo "part 2 rc=$?"; grep -E "^\||DPO diag|Profile" "$OUT/7b.log" | head -40
 
 # 3. The README's main command (the offline demo) on the GPU, from an empty workdir (needs
 #    tensorflow-datasets, which builds the demo data; SKIP_DEMO=1 skips it).

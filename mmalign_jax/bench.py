@@ -541,13 +541,22 @@ def summarize_trace(out_dir: str) -> dict:
     events = events.get("traceEvents", events) if isinstance(events, dict) else events
     threads = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "")
                for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    # On a GPU/TPU the kernels are the events of the device's own process ("/device:GPU:0"),
+    # named by their HLO op in args.hlo_op where the profiler records it; on CPU they are
+    # the events of XLA's worker threads.
+    devices = {e.get("pid") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+               and str(e.get("args", {}).get("name", "")).startswith(("/device:GPU", "/device:TPU"))}
+
+    def is_op(e):
+        if devices:
+            return e.get("pid") in devices
+        return "XLA" in threads.get((e.get("pid"), e.get("tid")), "")
+
     by_cat, by_kind = {}, {}
     for e in events:
-        if e.get("ph") != "X":
+        if e.get("ph") != "X" or not is_op(e):
             continue
-        if "XLA" not in threads.get((e.get("pid"), e.get("tid")), ""):
-            continue
-        name = e.get("name", "")
+        name = str(e.get("args", {}).get("hlo_op") or e.get("name", ""))
         if name.startswith(("ThunkExecutor", "Slinky", "ThreadpoolListener")):
             continue
         dur = float(e.get("dur", 0)) / 1e6
