@@ -42,7 +42,7 @@ echo "part 1 rc=$?"; grep -E "^\|" "$OUT/small.log" | head -12
 #    steps' activations (ours measured 74 GiB at 4 pairs) within its 141 GB.
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 220 python3 -m mmalign_jax.bench --what dpo \
   --preset llava-1.5-7b --pairs "${PAIRS_7B:-2}" \
-  --prompt-text 64 --response-len 256 --lora 128 --dtype bfloat16 \
+  --prompt-text 64 --response-len 256 --lora 128 --dtype bfloat16 --attention "${ATTENTION_7B:-auto}" \
   --baselines "${BASELINES_7B:-torch}" --no-eval \
   --steps 5 --warmup 2 --json "$OUT/7b.json" --profile /tmp/prof7b > "$OUT/7b.log" 2>&1
 echo "part 2 rc=$?"; grep -E "^\||DPO diag|Profile" "$OUT/7b.log" | head -40

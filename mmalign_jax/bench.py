@@ -378,13 +378,14 @@ class TrainBench:
     bracket them: the machine's load drifts)."""
 
     def __init__(self, method: str, w: Workload, remat: str = "none", lora_rank: int = 0,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", attention: str = "auto"):
         import jax
         from mmalign_jax import parallel
         from mmalign_jax.train import defaults, loop
         self.method, self.w = method, w
         c = train_config(method, w, lora_rank, dtype)
         c.model.remat_policy = remat
+        c.model.attention_impl = attention
         defaults.validate(c, jax.device_count(), random_init_ok=True)
         self.run = loop.build(c, total_steps=1000)
         local = w.dpo_batch() if method == "dpo" else w.sft_batch()
@@ -475,8 +476,9 @@ def device_memory_stats() -> dict | None:
 
 
 def bench_train(method: str, w: Workload, steps: int, warmup: int, eval_too: bool = True,
-                remat: str = "none", lora_rank: int = 0, dtype: str = "float32") -> dict:
-    tb = TrainBench(method, w, remat, lora_rank, dtype)
+                remat: str = "none", lora_rank: int = 0, dtype: str = "float32",
+                attention: str = "auto") -> dict:
+    tb = TrainBench(method, w, remat, lora_rank, dtype, attention)
     tb.timed(steps, warmup)
     if eval_too:
         tb.time_forward_only(max(steps // 2, 1))
@@ -788,6 +790,12 @@ def _flops_cell(r) -> str:
     return f"{g(r.get('jaxpr_flops'))} / {g(r.get('xla_flops'))} / {g(r.get('analytic_flops'))}"
 
 
+def _resolved_attention(impl: str, dtype: str) -> str:
+    from mmalign_jax.models import attention
+    real = attention.resolve_impl(impl, dtype)
+    return real if impl == real else f"{real} ({impl})"
+
+
 def _dtype_words(res: dict) -> str:
     dtype = res.get("dtype", "float32")
     words = ("bf16 compute and frozen weights, trained weights fp32" if dtype == "bfloat16"
@@ -796,6 +804,8 @@ def _dtype_words(res: dict) -> str:
     if not prec.startswith("n/a"):
         words += (", fp32 matmuls at full precision on every side (no TF32)" if prec == "highest"
                   else ", each backend's default matmul precision (TF32 allowed)")
+    if "attention" in res:
+        words += f"; attention `{res['attention']}`"
     return words
 
 
@@ -963,6 +973,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="compute dtype (bfloat16: frozen weights bf16 too, trained ones fp32; "
                          "baselines: torch only, bf16 autocast)")
+    ap.add_argument("--attention", default="auto", choices=("auto", "dot_product", "chunked"),
+                    help="model.attention_impl of the JAX train steps (auto: dot_product on GPU "
+                         "in bf16/fp16, chunked elsewhere)")
     ap.add_argument("--precision", default="highest", choices=("highest", "default"),
                     help="float32 matmul precision on GPU/TPU: 'highest' = true fp32 on every "
                          "side; 'default' = the backends' defaults made equal (XLA's TF32 / bf16 "
@@ -1008,14 +1021,15 @@ def main(argv=None) -> dict:
            "command": "python -m mmalign_jax.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine_info(), "workload": w.describe(), "steps": args.steps,
            "warmup": args.warmup, "load_before": _load(), "lora_rank": args.lora,
-           "dtype": args.dtype, "precision": args.precision if backend != "cpu" else "n/a (CPU)"}
+           "dtype": args.dtype, "attention": _resolved_attention(args.attention, args.dtype),
+           "precision": args.precision if backend != "cpu" else "n/a (CPU)"}
     if "forward" in whats:
         res["forward"] = bench_forward(w, args.steps, args.warmup, args.dtype)
     if "sft" in whats:
         res["sft"] = bench_train("sft", w, args.steps, args.warmup, eval_too=False, remat=remats[0],
-                                lora_rank=args.lora, dtype=args.dtype)
+                                lora_rank=args.lora, dtype=args.dtype, attention=args.attention)
     if "dpo" in whats:
-        tbs = {r: TrainBench("dpo", w, r, args.lora, args.dtype) for r in remats}
+        tbs = {r: TrainBench("dpo", w, r, args.lora, args.dtype, args.attention) for r in remats}
         if args.sequential:
             for tb in tbs.values():
                 tb.timed(args.steps, args.warmup, "before baselines")

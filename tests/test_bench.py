@@ -117,3 +117,17 @@ def test_baseline_shapes_match_our_presets():
             assert hf["text_config"][k] == v, (name, "text", k)
         assert hf["image_token_index"] == theirs["image_token_id"], name
         assert lean.num_image_tokens(name) == presets.get_preset(name).num_image_tokens, name
+
+
+def test_attention_kernel_is_a_training_setting():
+    # --attention / model.attention_impl reach the model; an unknown kernel is refused up front.
+    from mmalign_jax.train import defaults, loop
+    c = bench.train_config("dpo", bench.Workload("tiny", 2, 8, 8))
+    assert loop.model_config(c).attention_impl == "auto"
+    c.model.attention_impl = "dot_product"
+    assert loop.model_config(c).attention_impl == "dot_product"
+    c.model.attention_impl = "flash"
+    with pytest.raises(defaults.ConfigError, match="attention_impl"):
+        defaults.validate(c, 1)
+    del c.model["attention_impl"]   # a config.json written before the setting existed
+    assert loop.model_config(c).attention_impl == "auto"

@@ -101,9 +101,9 @@ class LlavaConfig:
     # "dots_no_batch".
     remat_policy: str = "none"
     # Attention kernel of the full forward and the DPO training path (models/attention.py):
-    # "auto" (cuDNN via jax.nn.dot_product_attention on GPU for bf16/fp16, else "chunked")
-    # | "dot_product" | "chunked" (query tiles, recomputed in the backward). Cached
-    # decoding always uses jax.nn.dot_product_attention.
+    # "auto" (jax.nn.dot_product_attention on GPU for bf16/fp16 — XLA's unfused path, not
+    # cuDNN —, else "chunked") | "dot_product" | "chunked" (query tiles, recomputed in the
+    # backward). Cached decoding always uses jax.nn.dot_product_attention.
     attention_impl: str = "auto"
     lora: Optional[LoraConfig] = None  # None = the 'lora' collection is never read
 

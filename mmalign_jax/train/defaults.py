@@ -30,6 +30,7 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.model.dtype = "float32"          # compute dtype ("bfloat16" on accelerators)
     c.model.param_dtype = "float32"    # storage of frozen weights; trained ones stay float32
     c.model.remat_policy = "none"      # none | full | dots | dots_no_batch
+    c.model.attention_impl = "auto"    # auto | dot_product | chunked (models/attention.py)
     c.model.vision_init = ""           # random init only: DEMO_VISION or a vision_tower.msgpack
     c.model.vision_pretrain_steps = 300
 
@@ -211,6 +212,8 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) ->
     need(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype: float32|bfloat16|float16")
     need(c.model.remat_policy in ("none", "full", "dots", "dots_no_batch"),
          "model.remat_policy must be none|full|dots|dots_no_batch")
+    need(c.model.get("attention_impl", "auto") in ("auto", "dot_product", "chunked"),
+         "model.attention_impl must be auto|dot_product|chunked")
     need(c.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule: cosine|linear|constant")
     need(0 <= c.optim.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
     need(c.lora.enabled or c.optim.lr > 0, "optim.lr must be > 0")

@@ -48,7 +48,9 @@ def model_config(c) -> config_lib.LlavaConfig:
         lora = config_lib.LoraConfig(rank=c.lora.rank, alpha=float(c.lora.alpha),
                                      dropout=float(c.lora.dropout), target_regex=c.lora.target_regex)
     return cfg.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                       remat_policy=c.model.remat_policy, lora=lora)
+                       remat_policy=c.model.remat_policy, lora=lora,
+                       # configs written before this setting existed: the default
+                       attention_impl=c.model.get("attention_impl", "auto"))
 
 
 def mesh_context(mesh, rules):
