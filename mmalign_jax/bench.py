@@ -801,7 +801,7 @@ def _dtype_words(res: dict) -> str:
     words = ("bf16 compute and frozen weights, trained weights fp32" if dtype == "bfloat16"
              else "float32")
     prec = res.get("precision", "n/a (CPU)")
-    if not prec.startswith("n/a"):
+    if not prec.startswith("n/a") and dtype == "float32":
         words += (", fp32 matmuls at full precision on every side (no TF32)" if prec == "highest"
                   else ", each backend's default matmul precision (TF32 allowed)")
     if "attention" in res:
@@ -979,7 +979,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--precision", default="highest", choices=("highest", "default"),
                     help="float32 matmul precision on GPU/TPU: 'highest' = true fp32 on every "
                          "side; 'default' = the backends' defaults made equal (XLA's TF32 / bf16 "
-                         "passes, PyTorch with TF32 allowed). No effect on CPU")
+                         "passes, PyTorch with TF32 allowed). No effect on CPU or with "
+                         "--dtype bfloat16")
     ap.add_argument("--json", default="", help="also write the raw results here")
     ap.add_argument("--profile", default="", metavar="DIR",
                     help="after timing, trace one DPO step into DIR and add an op-time breakdown")
@@ -1001,7 +1002,7 @@ def main(argv=None) -> dict:
     import jax
     backend = jax.default_backend()
     if backend != "cpu":
-        if args.precision == "highest":
+        if args.precision == "highest" and args.dtype == "float32":   # a bf16 step stays bf16
             jax.config.update("jax_default_matmul_precision", "highest")
         BASELINE_RUN_ARGS[:] = (["--device", "cuda"] if backend == "gpu" else []) + (
             ["--tf32"] if args.precision == "default" else [])
