@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -334,11 +335,12 @@ def _summary(times, items_per_step, tokens_per_step, flops, device):
     return out
 
 
-def bench_forward(w: Workload, steps: int, warmup: int, dtype: str = "float32") -> dict:
+def bench_forward(w: Workload, steps: int, warmup: int, dtype: str = "float32",
+                  attention: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
     from mmalign_jax.models import llava
-    cfg = w.cfg.replace(dtype=dtype, param_dtype=dtype)
+    cfg = w.cfg.replace(dtype=dtype, param_dtype=dtype, attention_impl=attention)
     model = llava.Llava(cfg)
     params = jax.jit(lambda k: llava.init_params(cfg, k))(jax.random.PRNGKey(0))
     batch = w.sft_batch()
@@ -575,7 +577,7 @@ def summarize_trace(out_dir: str) -> dict:
 # ------------------------------------------------------------------------------ baselines
 
 def interleaved(tbs: dict, baselines: list, w: Workload, steps: int, warmup: int,
-                timeout: float) -> dict:
+                timeout: float, extra: Sequence[str] = ()) -> dict:
     """Take turns, one step each per round (the order rotates every round), so a change in
     the machine's load hits every implementation alike. Ours warm up first; the baselines
     then set up and warm up in their own processes (concurrently: untimed)."""
@@ -583,7 +585,7 @@ def interleaved(tbs: dict, baselines: list, w: Workload, steps: int, warmup: int
         tb.timed(0, warmup, "interleaved")
     results, served = {}, {}
     for b in baselines:
-        cmd, err = baseline_command(b, w, steps, warmup, serve=True)
+        cmd, err = baseline_command(b, w, steps, warmup, serve=True, extra=extra)
         if err:
             results[b] = err
         else:
@@ -608,14 +610,28 @@ def missing_packages(name: str) -> list[str]:
     return [p for p in BASELINE_PACKAGES[name] if importlib.util.find_spec(p) is None]
 
 
-# Set by `main`: what the baselines run on (on a GPU CUDA too, TF32 exactly when ours may use
-# it) and --lora / --dtype, which only the lean PyTorch script takes (peft, bf16 autocast).
-BASELINE_RUN_ARGS: list = []
+# The baselines that also take --lora / --dtype bfloat16 (the lean PyTorch script: peft, bf16
+# autocast); TRL's script fine-tunes fully in fp32 only.
 LORA_BASELINES = ("torch", "torch-1t")
 
 
-def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: bool = False):
-    """(argv, None) to run a baseline, or (None, error dict) when it cannot run here."""
+def baseline_args(backend: str, precision: str, lora_rank: int, dtype: str) -> list[str]:
+    """The arguments every baseline gets so that it runs our workload where ours runs: on
+    CUDA when JAX's backend is a GPU, with TF32 exactly when ours may use it, and with our
+    LoRA rank / dtype when those differ from full fine-tuning in fp32."""
+    args = []
+    if backend != "cpu":
+        args += (["--device", "cuda"] if backend == "gpu" else []) + (
+            ["--tf32"] if precision == "default" else [])
+    if lora_rank > 0 or dtype != "float32":
+        args += ["--lora", str(lora_rank), "--dtype", dtype]
+    return args
+
+
+def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: bool = False,
+                     extra: Sequence[str] = ()):
+    """(argv, None) to run a baseline, or (None, error dict) when it cannot run here.
+    `extra`: `baseline_args(...)`."""
     script = os.path.join(REPO, BASELINE_SCRIPTS[name])
     base = {"name": name, "what": "dpo"}
     if not os.path.exists(script):
@@ -628,7 +644,7 @@ def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: boo
         return None, {**base, "error": f"not run: the baseline scripts know presets {BASELINE_PRESETS}"}
     cmd = [sys.executable, script, "--preset", w.preset, "--steps", str(steps),
            "--warmup", str(warmup), "--pairs", str(w.pairs), "--prompt-text", str(w.prompt_text),
-           "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, []) + BASELINE_RUN_ARGS
+           "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, []) + list(extra)
     return cmd + (["--serve"] if serve else []), None
 
 
@@ -656,9 +672,10 @@ def _finish_baseline(name: str, cmd, summary: dict | None, rc, err_tail: str, wa
     return out
 
 
-def run_baseline(name: str, w: Workload, steps: int, warmup: int, timeout: float) -> dict:
+def run_baseline(name: str, w: Workload, steps: int, warmup: int, timeout: float,
+                 extra: Sequence[str] = ()) -> dict:
     """Run a baseline to completion (sequential mode) and return its JSON summary."""
-    cmd, err = baseline_command(name, w, steps, warmup)
+    cmd, err = baseline_command(name, w, steps, warmup, extra=extra)
     if err:
         return err
     log.info("running %s", " ".join(cmd[1:]))
@@ -948,6 +965,7 @@ def _load():
 
 
 def main(argv=None) -> dict:
+    from mmalign_jax.models import attention as attention_lib
     ap = argparse.ArgumentParser(prog="python -m mmalign_jax.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--what", default="all", choices=("forward", "sft", "dpo", "all"))
     ap.add_argument("--preset", default="bench-small")
@@ -973,7 +991,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="compute dtype (bfloat16: frozen weights bf16 too, trained ones fp32; "
                          "baselines: torch only, bf16 autocast)")
-    ap.add_argument("--attention", default="auto", choices=("auto", "dot_product", "chunked"),
+    ap.add_argument("--attention", default="auto", choices=attention_lib.IMPLS,
                     help="model.attention_impl of the JAX train steps (auto: dot_product on GPU "
                          "in bf16/fp16, chunked elsewhere)")
     ap.add_argument("--precision", default="highest", choices=("highest", "default"),
@@ -1001,21 +1019,16 @@ def main(argv=None) -> dict:
             ap.error(f"--remat {r!r}: use none|full|dots|dots_no_batch")
     import jax
     backend = jax.default_backend()
-    if backend != "cpu":
-        if args.precision == "highest" and args.dtype == "float32":   # a bf16 step stays bf16
-            jax.config.update("jax_default_matmul_precision", "highest")
-        BASELINE_RUN_ARGS[:] = (["--device", "cuda"] if backend == "gpu" else []) + (
-            ["--tf32"] if args.precision == "default" else [])
-    jax_only = args.lora > 0 or args.dtype != "float32"
-    if jax_only:
-        BASELINE_RUN_ARGS.extend(["--lora", str(args.lora), "--dtype", args.dtype])
+    if backend != "cpu" and args.precision == "highest" and args.dtype == "float32":
+        jax.config.update("jax_default_matmul_precision", "highest")   # a bf16 step stays bf16
+    extra = baseline_args(backend, args.precision, args.lora, args.dtype)
     w = Workload(args.preset, args.pairs, args.prompt_text, args.response_len)
     whats = ("forward", "sft", "dpo") if args.what == "all" else (args.what,)
     baselines = [b for b in args.baselines.replace(" ", "").split(",") if b and b != "none"]
     for b in baselines:
         if b not in BASELINE_SCRIPTS:
             ap.error(f"unknown baseline {b!r}; use {', '.join(BASELINE_SCRIPTS)}")
-    if jax_only and any(b not in LORA_BASELINES for b in baselines):
+    if (args.lora > 0 or args.dtype != "float32") and any(b not in LORA_BASELINES for b in baselines):
         ap.error("--lora / --dtype bfloat16: only the lean PyTorch baseline (torch, torch-1t) "
                  "runs that workload too; use --baselines torch or --baselines none")
     res = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -1025,7 +1038,7 @@ def main(argv=None) -> dict:
            "dtype": args.dtype, "attention": _resolved_attention(args.attention, args.dtype),
            "precision": args.precision if backend != "cpu" else "n/a (CPU)"}
     if "forward" in whats:
-        res["forward"] = bench_forward(w, args.steps, args.warmup, args.dtype)
+        res["forward"] = bench_forward(w, args.steps, args.warmup, args.dtype, args.attention)
     if "sft" in whats:
         res["sft"] = bench_train("sft", w, args.steps, args.warmup, eval_too=False, remat=remats[0],
                                 lora_rank=args.lora, dtype=args.dtype, attention=args.attention)
@@ -1034,7 +1047,8 @@ def main(argv=None) -> dict:
         if args.sequential:
             for tb in tbs.values():
                 tb.timed(args.steps, args.warmup, "before baselines")
-            res["baselines"] = {b: run_baseline(b, w, args.steps, args.warmup, args.baseline_timeout)
+            res["baselines"] = {b: run_baseline(b, w, args.steps, args.warmup, args.baseline_timeout,
+                                                extra)
                                 for b in baselines}
             if any("error" not in r for r in res["baselines"].values()):
                 # Bracket the baselines: the load of a shared machine drifts; pool both halves.
@@ -1042,7 +1056,7 @@ def main(argv=None) -> dict:
                     tb.timed(args.steps, 0, "after baselines")
         else:
             res["baselines"] = interleaved(tbs, baselines, w, args.steps, args.warmup,
-                                           args.baseline_timeout)
+                                           args.baseline_timeout, extra)
         res["mode"] = "sequential" if args.sequential else "interleaved"
         if not args.no_eval:
             tbs[remats[0]].time_forward_only(max(args.steps // 2, 1))

@@ -92,9 +92,13 @@ def test_baselines_refused_when_they_cannot_run_our_workload(capsys):
 
 def test_baseline_command_carries_the_device_arguments(monkeypatch):
     monkeypatch.setattr(bench, "missing_packages", lambda name: [])
-    monkeypatch.setattr(bench, "BASELINE_RUN_ARGS", ["--device", "cuda", "--tf32"])
-    cmd, err = bench.baseline_command("torch", bench.Workload("tiny", 4, 8, 8), 1, 0)
+    extra = bench.baseline_args("gpu", "default", 0, "float32")
+    assert extra == ["--device", "cuda", "--tf32"]
+    cmd, err = bench.baseline_command("torch", bench.Workload("tiny", 4, 8, 8), 1, 0, extra=extra)
     assert err is None and cmd[-3:] == ["--device", "cuda", "--tf32"]
+    # CPU, fp32, full fine-tuning: nothing added (nothing left over from an earlier call)
+    assert bench.baseline_args("cpu", "highest", 0, "float32") == []
+    assert bench.baseline_args("cpu", "highest", 8, "bfloat16") == ["--lora", "8", "--dtype", "bfloat16"]
 
 
 def test_baseline_shapes_match_our_presets():

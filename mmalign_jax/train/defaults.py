@@ -12,6 +12,7 @@ import jax
 import ml_collections as mlc
 
 from mmalign_jax import parallel
+from mmalign_jax.models import attention
 
 METHODS = ("sft", "dpo")
 PAPER_PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
@@ -212,8 +213,8 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) ->
     need(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype: float32|bfloat16|float16")
     need(c.model.remat_policy in ("none", "full", "dots", "dots_no_batch"),
          "model.remat_policy must be none|full|dots|dots_no_batch")
-    need(c.model.get("attention_impl", "auto") in ("auto", "dot_product", "chunked"),
-         "model.attention_impl must be auto|dot_product|chunked")
+    need(c.model.get("attention_impl", "auto") in attention.IMPLS,
+         f"model.attention_impl must be one of {'|'.join(attention.IMPLS)}")
     need(c.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule: cosine|linear|constant")
     need(0 <= c.optim.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
     need(c.lora.enabled or c.optim.lr > 0, "optim.lr must be > 0")
