@@ -1,9 +1,36 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported) and float32 matmuls."""
+"""Test setup: 8 simulated CPU devices and one persistent compilation cache for the session
+(set before JAX is imported, so subprocesses inherit them), float32 matmuls.
+
+The cache is why the suite fits CI's time limit: the tests build the same tiny models' steps
+again and again, and an identical program is compiled once per session instead of per test.
+It lives in a fresh temporary folder removed at exit, so nothing carries over between runs.
+"""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="mmalign-jax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment of a CLI run in a subprocess: CPU, float32 matmuls, this checkout on
+    the path, the session's compilation cache (inherited from os.environ)."""
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", JAX_DEFAULT_MATMUL_PRECISION="highest",
+               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **extra)
+    return env
+

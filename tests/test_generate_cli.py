@@ -19,6 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from mmalign_jax.data import chat
 from mmalign_jax.data import records as records_lib
@@ -34,25 +35,7 @@ BASE = {"batch_size": 2, "mesh.num_devices": 2, "mesh.shape.data": 2, "sampling.
 
 
 @pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache shared with the subprocesses of this module."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    path = str(tmp_path_factory.getbasetemp() / "jax_cache_generate")
-    old = {k: getattr(jax.config, k) for k in (
-        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes")}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    cc.reset_cache()
-    yield path
-    for k, v in old.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, compilation_cache):
+def setup(tmp_path_factory):
     """(hf folder, demo data paths): a random `tiny` model + demo tokenizer, 12 demo prompts."""
     from mmalign_jax import convert
     from mmalign_jax.data.demo import generate as demo_gen
@@ -108,16 +91,6 @@ def config(setup, out, split="train", **over):
     return c, ov
 
 
-def _env(cache_dir):
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", JAX_DEFAULT_MATMUL_PRECISION="highest",
-               JAX_COMPILATION_CACHE_DIR=cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
-
-
 def _cmd(ov: dict, *extra) -> list:
     return [sys.executable, "-m", "mmalign_jax.generate", "--config",
             os.path.join(ROOT, "configs", "generate.py"),
@@ -147,8 +120,7 @@ def uninterrupted(setup, tmp_path_factory):
 
 # --------------------------------------------------------------------------------- tests
 
-def test_resume_after_sigkill_equals_uninterrupted(setup, uninterrupted, tmp_path,
-                                                   compilation_cache):
+def test_resume_after_sigkill_equals_uninterrupted(setup, uninterrupted, tmp_path):
     out_a, summary_a = uninterrupted
     assert summary_a["generated"] == N_PROMPTS and summary_a["already_done"] == 0
     bytes_a = out_a.read_bytes()
@@ -158,7 +130,7 @@ def test_resume_after_sigkill_equals_uninterrupted(setup, uninterrupted, tmp_pat
     _, ov = config(setup, out_b)
     log_path = tmp_path / "b.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(_cmd(ov), cwd=ROOT, env=_env(compilation_cache), stdout=log,
+        proc = subprocess.Popen(_cmd(ov), cwd=ROOT, env=subprocess_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     try:
@@ -287,11 +259,11 @@ def test_bad_attributes_are_refused_with_a_reason(value, message):
     assert message in str(e.value)
 
 
-def test_cli_errors_and_changed_settings(setup, uninterrupted, tmp_path, compilation_cache):
+def test_cli_errors_and_changed_settings(setup, uninterrupted, tmp_path):
     out_a, _ = uninterrupted
     _, ov = config(setup, out_a)
     res = subprocess.run(_cmd(ov, "--attributes", "helpfulness=4,verbosity=9"), cwd=ROOT,
-                         env=_env(compilation_cache), capture_output=True, text=True, timeout=120)
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "error: --attributes 'helpfulness=4,verbosity=9': verbosity=9: value must be in 0–4" \
         in res.stderr

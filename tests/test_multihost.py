@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pytest
 
-import test_train as tt   # helpers, configs and the demo data/compilation-cache fixtures
-from test_train import compilation_cache, data_dir, uninterrupted  # noqa: F401  (fixtures)
+import test_train as tt   # helpers, configs and the demo data fixtures
+from conftest import subprocess_env
+from test_train import data_dir, uninterrupted  # noqa: F401  (fixtures)
 from mmalign_jax.train import metrics as metrics_lib
 
 pytestmark = pytest.mark.multihost
@@ -33,8 +34,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tmp_path, data_dir, compilation_cache,  # noqa: F811
-                                         uninterrupted):  # noqa: F811
+def test_two_processes_equal_one_process(tmp_path, data_dir, uninterrupted):  # noqa: F811
     _, ov_one, rows_one = uninterrupted      # 6 steps, checkpoints every 2 (async)
     workdir = tmp_path / "pod"
     ov = {**ov_one, **MESH_DATA4, "workdir": str(workdir)}
@@ -43,8 +43,8 @@ def test_two_processes_equal_one_process(tmp_path, data_dir, compilation_cache, 
     addr = f"127.0.0.1:{_free_port()}"
     procs, logs = [], []
     for i in range(2):
-        env = tt._subprocess_env(
-            compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        env = subprocess_env(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
             JAX_COORDINATOR_ADDRESS=addr, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
         log = open(tmp_path / f"process_{i}.log", "w+")
         logs.append(log)

@@ -9,7 +9,6 @@ import json
 import math
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -48,23 +47,6 @@ def tiny(name: str, workdir, data_dir: str, **over):
             node = node[p]
         node[leaf] = value
     return c
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    path = str(tmp_path_factory.getbasetemp() / "jax_cache_steerlm_rs")
-    old = {k: getattr(jax.config, k) for k in (
-        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes")}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    cc.reset_cache()
-    yield path
-    for k, v in old.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
 
 
 @pytest.fixture(scope="module")

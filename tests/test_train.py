@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from mmalign_jax import parallel
 from mmalign_jax.data import pipeline
@@ -87,24 +88,6 @@ def cli_args(ov: dict) -> list[str]:
 # Data and runs shared between tests (and with test_multihost.py, which imports this module):
 # made by whichever test needs one first.
 _RESULTS: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this session only (identical programs compile once)."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    path = str(tmp_path_factory.getbasetemp() / "jax_cache")
-    old = {k: getattr(jax.config, k) for k in (
-        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes")}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    cc.reset_cache()
-    yield path
-    for k, v in old.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -288,16 +271,6 @@ COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin",
             "rewards/accuracy", "logps/chosen", "logps/rejected", "grad_norm", "lr")
 
 
-def _subprocess_env(cache_dir: str, **extra) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", JAX_DEFAULT_MATMUL_PRECISION="highest",
-               JAX_COMPILATION_CACHE_DIR=cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **extra)
-    return env
-
-
 def _finished_steps(ckpt_dir: str) -> list[int]:
     if not os.path.isdir(ckpt_dir):
         return []
@@ -315,8 +288,7 @@ def uninterrupted(tmp_path_factory, data_dir):
     return _RESULTS["run_a"]
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, uninterrupted,
-                                                   compilation_cache):
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, uninterrupted):
     _, ov_a, rows_a = uninterrupted
     assert [r["step"] for r in rows_a] == [1, 2, 3, 4, 5, 6]
 
@@ -326,7 +298,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, uninterru
            os.path.join(ROOT, "configs", "dpo.py"), *cli_args(ov)]
     log_path = tmp_path / "b.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_subprocess_env(compilation_cache),
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(),
                                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 150
     try:

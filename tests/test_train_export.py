@@ -13,7 +13,7 @@ from mmalign_jax.train import checkpoint as ckpt_lib
 from mmalign_jax.train import loop
 from mmalign_jax.train import state as state_lib
 
-from test_train import MESH_1, compilation_cache, data_dir, run_steps, tiny  # noqa: F401
+from test_train import MESH_1, data_dir, run_steps, tiny  # noqa: F401
 
 
 def test_export_hf_equals_trained_model(tmp_path, data_dir):
