@@ -4,6 +4,7 @@ Test-sized: 16 preference prompts, 2–3 training steps per stage, 8-token sampl
 checked is the plumbing (each stage's output feeds the next, markers, skipping, rerunning
 what changed); the demo's numbers are measured by the real run (README, docs/RESULTS.md).
 """
+import glob
 import importlib.util
 import json
 import os
@@ -154,3 +155,42 @@ def test_cli_reports_config_errors(tmp_path):
                         f"--config.workdir={tmp_path}", "--config.methods=dpo,ppo"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "ppo" in r.stderr
+
+
+def test_upstream_change_reruns_downstream_even_with_the_same_output_path(tmp_path):
+    """The demo's prompts file keeps its name when the number of prompts changes: a stage
+    keyed on the path alone kept its stale result (standard SFT trained on 1,024 reference
+    answers after the prompts grew to 5,120). The upstream fingerprint is what propagates."""
+    calls = []
+
+    def run(n_prompts):
+        stages = recipe.Stages(str(tmp_path))
+        data = stages.run("data", {"n": n_prompts}, lambda: calls.append("data") or {"path": "p.jsonl"})
+        ref = stages.run("reference", {"prompts": data["path"]},
+                         lambda: calls.append("reference") or {"n": n_prompts}, after=["data"])
+        return stages, ref
+
+    run(1024)
+    stages, ref = run(1024)
+    assert calls == ["data", "reference"] and stages.skipped == ["data", "reference"]
+    stages, ref = run(5120)
+    assert calls == ["data", "reference", "data", "reference"] and ref == {"n": 5120}
+    with pytest.raises(recipe.PipelineError, match="runs after .*'nope'"):
+        recipe.Stages(str(tmp_path)).run("x", {}, dict, after=["nope"])
+
+
+def test_every_stage_records_the_fingerprints_of_the_stages_it_reads(first_run):
+    p, _ = first_run
+    markers = {os.path.basename(f)[:-5]: json.load(open(f))
+               for f in glob.glob(os.path.join(p.workdir, "stages", "*.json"))}
+    after = {name: m["settings"].get("after", {}) for name, m in markers.items()}
+    for name, deps in after.items():
+        for dep, fp in deps.items():
+            assert markers[dep]["fingerprint"] == fp, (name, dep)
+    assert set(after["sft"]) == {"data"} and set(after["sample_train"]) == {"data", "sft"}
+    assert set(after["annotate_eval"]) == {"sample_eval"}
+    assert set(after["preferences"]) == {"annotate_train", "annotate_eval"}
+    assert set(after["dpo"]) == {"preferences", "sft"}
+    # evaluation reads every trained model, every seed's
+    trained = {n for n in markers if n.split("-seed")[0] in recipe.METHODS}
+    assert trained and set(after["evaluate"]) == {"data", "sft"} | trained

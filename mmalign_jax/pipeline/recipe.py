@@ -14,9 +14,11 @@ Every stage writes into `<workdir>/<stage>/` and, when it has finished, a marker
 whose marker matches its current settings (and says so); a stage interrupted halfway
 resumes inside itself — training from its last checkpoint, sampling and annotation from
 their append-only outputs — so nothing finished is redone and nothing paid for is lost.
-Changing a stage's settings reruns it (and, through their settings, the stages that read
-its output); the outputs it would otherwise resume from (a training workdir, a candidates
-file) are first moved aside to `<path>.superseded-<old fingerprint>`.
+Changing a stage's settings reruns it and every stage downstream of it: a stage's marker
+also holds the fingerprints of the stages it reads from (`after=`), so a change propagates
+even where the upstream's output paths stay the same. The outputs a rerun stage would
+otherwise resume from (a training workdir, a candidates file) are first moved aside to
+`<path>.superseded-<old fingerprint>`.
 
 The demo (default): the library writes the synthetic visual task, trains the tiny SFT model
 (its vision tower pretrained first, `data/demo/vision_pretrain.py`), samples candidates
@@ -36,7 +38,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import ml_collections as mlc
 
@@ -73,13 +75,15 @@ def _as_dict(x) -> dict:
 # ------------------------------------------------------------------------------ stages
 
 class Stages:
-    """Runs named stages once: a stage is skipped when its marker holds the same settings."""
+    """Runs named stages once: a stage is skipped when its marker holds the same settings,
+    its upstream stages' fingerprints included."""
 
     def __init__(self, workdir: str):
         self.dir = os.path.join(workdir, "stages")
         os.makedirs(self.dir, exist_ok=True)
         self.ran: List[str] = []
         self.skipped: List[str] = []
+        self.fingerprints: Dict[str, str] = {}
 
     @staticmethod
     def fingerprint(settings: dict) -> str:
@@ -87,14 +91,24 @@ class Stages:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def run(self, name: str, settings: dict, fn: Callable[[], dict],
-            outputs: Sequence[str] = ()) -> dict:
-        """`outputs`: what the stage writes and would resume from (a training workdir, a
+            outputs: Sequence[str] = (), after: Sequence[str] = ()) -> dict:
+        """`after`: the stages (run or skipped earlier in this invocation) whose output this
+        one reads; their fingerprints are part of its settings. Output paths alone do not
+        say that an upstream changed: the demo's prompts file keeps its name when the number
+        of prompts changes, and a stage keyed on the path would hand on its stale result.
+        `outputs`: what the stage writes and would resume from (a training workdir, a
         sampling file). When the settings changed since the stage ran, they are moved aside
         to `<path>.superseded-<old fingerprint>` first — kept, but never resumed: a trainer
         finding its finished run, or the sampler its finished file, would otherwise skip the
         work and silently hand on the old result."""
+        missing = [a for a in after if a not in self.fingerprints]
+        if missing:
+            raise PipelineError(f"stage {name!r} runs after {missing}, which have not run yet")
+        if after:
+            settings = {**settings, "after": {a: self.fingerprints[a] for a in after}}
         path = os.path.join(self.dir, f"{name}.json")
         fp = self.fingerprint(settings)
+        self.fingerprints[name] = fp
         if os.path.exists(path):
             with open(path) as f:
                 marker = json.load(f)
@@ -437,19 +451,25 @@ def run(p) -> dict:
     if p.task == "demo":
         out["data"] = stages.run("data", settings("seed", "demo"), lambda: demo_data(p))
         sft = sft_config(p)
+        sft_after = ["data"]
         if p.base_lm_enabled:
             # The study's starting point is an instruction-tuned LLM (Vicuna) that visual
             # tuning then degrades: train the tiny LM on the text tasks first.
             base = stage_config(p, p.base_lm, "base_lm")
             out["base_lm"] = stages.run("base_lm", {"data": out["data"], "config": base.to_dict()},
-                                        lambda: _train(base), outputs=[base.workdir])
+                                        lambda: _train(base), outputs=[base.workdir],
+                                        after=["data"])
             sft.model.init_from = base.workdir
             models["base_lm"] = [base.workdir]
+            sft_after.append("base_lm")
         out["sft"] = stages.run("sft", {"data": out["data"], "config": sft.to_dict()},
-                                lambda: _train(sft), outputs=[sft.workdir])
+                                lambda: _train(sft), outputs=[sft.workdir], after=sft_after)
         sft_model = sft.workdir
     else:
         sft_model = p.checkpoint
+    # Upstream stages of the demo (a custom task's prompts and checkpoint are the user's files).
+    data_stage = ["data"] if "data" in out else []
+    sft_stage = ["sft"] if "sft" in out else []
 
     scored = {}
     for split, prompts in prompt_files(p).items():
@@ -457,10 +477,11 @@ def run(p) -> dict:
                           {"model": sft_model, "prompts": prompts, "upstream": out.get("sft"),
                            **settings("seed", "sample")},
                           lambda split=split, prompts=prompts: sample(p, sft_model, split, prompts),
-                          outputs=[candidates_path(p, split)])
+                          outputs=[candidates_path(p, split)], after=data_stage + sft_stage)
         ann = stages.run(f"annotate_{split}",
                          {"candidates": cand, **settings("seed", "annotate", "pairs")},
-                         lambda split=split, cand=cand: annotate_split(p, split, cand["out"]))
+                         lambda split=split, cand=cand: annotate_split(p, split, cand["out"]),
+                         after=[f"sample_{split}"])
         out[f"sample_{split}"], out[f"annotate_{split}"] = cand, ann
         scored[split] = ann["scored"]
     methods = [m for m in p.methods.split(",") if m]
@@ -469,21 +490,25 @@ def run(p) -> dict:
         for split, prompts in prompt_files(p).items():
             standard[split] = stages.run(
                 f"reference_{split}", {"prompts": prompts, "upstream": out.get("data")},
-                lambda split=split, prompts=prompts: {"path": reference_answers(p, split, prompts)}
-            )["path"]
+                lambda split=split, prompts=prompts: {"path": reference_answers(p, split, prompts)},
+                after=data_stage)["path"]
     prefs = stages.run("preferences", {"scored": {s: out[f"annotate_{s}"] for s in scored},
                                        "standard": standard},
-                       lambda: build_training_data(p, scored, standard))
+                       lambda: build_training_data(p, scored, standard),
+                       after=[f"annotate_{s}" for s in scored] + [f"reference_{s}" for s in standard])
     out["preferences"] = prefs
 
     models["sft"] = [sft_model]
+    trained = [s for s in ("base_lm", "sft") if s in out]
     for method in methods:
         for seed in method_seeds(p):
             c = method_config(p, method, seed, sft_model, prefs["data_dir"], "eval" in scored)
             name = method if seed == p.seed else f"{method}-seed{seed}"
             out[name] = stages.run(name, {"preferences": prefs, "upstream": out.get("sft"),
                                           "config": c.to_dict()},
-                                   lambda c=c: _train(c), outputs=[c.workdir])
+                                   lambda c=c: _train(c), outputs=[c.workdir],
+                                   after=["preferences"] + sft_stage)
+            trained.append(name)
             labels = list(p.evaluate.steerlm_attributes) if method == "steerlm" else [method]
             for label in labels:
                 models.setdefault(label, []).append(c.workdir)
@@ -492,7 +517,7 @@ def run(p) -> dict:
         out["evaluate"] = stages.run(
             "evaluate", {"models": models, "upstream": {k: out.get(k) for k in models},
                          **settings("evaluate")},
-            lambda: evaluate_demo(p, models))
+            lambda: evaluate_demo(p, models), after=data_stage + trained)
 
     if not stages.ran:
         msg = (f"pipeline: all {len(stages.skipped)} stages were already done in {p.workdir}; "
