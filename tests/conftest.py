@@ -34,3 +34,11 @@ def subprocess_env(**extra) -> dict:
                PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **extra)
     return env
 
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject addopts): one worker per core, but no more than the memory holds —
+    a worker peaks near 4 GiB (a trained demo run, a built dataset, XLA executables)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(cores or 1, int(ram_gib // 4)))
