@@ -3,7 +3,8 @@
 
 The cache is why the suite fits CI's time limit: the tests build the same tiny models' steps
 again and again, and an identical program is compiled once per session instead of per test.
-It lives in a fresh temporary folder removed at exit, so nothing carries over between runs.
+It lives in a fresh temporary folder removed at exit (unless JAX_COMPILATION_CACHE_DIR is
+already set), so nothing carries over between runs.
 """
 import atexit
 import os
