@@ -615,6 +615,11 @@ def missing_packages(name: str) -> list[str]:
 LORA_BASELINES = ("torch", "torch-1t")
 
 
+def lora_or_bf16(lora_rank: int, dtype: str) -> bool:
+    """A workload other than full fp32 fine-tuning: only LORA_BASELINES run it too."""
+    return lora_rank > 0 or dtype != "float32"
+
+
 def baseline_args(backend: str, precision: str, lora_rank: int, dtype: str) -> list[str]:
     """The arguments every baseline gets so that it runs our workload where ours runs: on
     CUDA when JAX's backend is a GPU, with TF32 exactly when ours may use it, and with our
@@ -623,7 +628,7 @@ def baseline_args(backend: str, precision: str, lora_rank: int, dtype: str) -> l
     if backend != "cpu":
         args += (["--device", "cuda"] if backend == "gpu" else []) + (
             ["--tf32"] if precision == "default" else [])
-    if lora_rank > 0 or dtype != "float32":
+    if lora_or_bf16(lora_rank, dtype):
         args += ["--lora", str(lora_rank), "--dtype", dtype]
     return args
 
@@ -1028,7 +1033,7 @@ def main(argv=None) -> dict:
     for b in baselines:
         if b not in BASELINE_SCRIPTS:
             ap.error(f"unknown baseline {b!r}; use {', '.join(BASELINE_SCRIPTS)}")
-    if (args.lora > 0 or args.dtype != "float32") and any(b not in LORA_BASELINES for b in baselines):
+    if lora_or_bf16(args.lora, args.dtype) and any(b not in LORA_BASELINES for b in baselines):
         ap.error("--lora / --dtype bfloat16: only the lean PyTorch baseline (torch, torch-1t) "
                  "runs that workload too; use --baselines torch or --baselines none")
     res = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
