@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
 # The commands behind the GPU figures in docs/PERFORMANCE.md, run from the repository root on
 # a machine with one CUDA GPU and JAX (CUDA), PyTorch, transformers and peft installed; trl
-# and the other missing packages can come as wheels in .whl/ (no network needed). Results (logs and
-# raw JSON) go to $OUT (default /tmp/gpu_figures). Each part has its own time limit and the
-# parts are independent: one failing still leaves the others' figures.
+# and the other missing packages can come as wheels in .whl/ (no network needed). Results (logs,
+# raw JSON, the profiler's trace) go to $WORK (default /tmp/gpu_figures) and, packed after
+# every part, to $OUT/gpu_figures.tar.gz when OUT is set. Each part has its own time limit and
+# the parts are independent: one failing still leaves the others' figures.
+#
+# PARTS picks and orders them (default: all, in this order):
+#   ceiling   XLA's GEMM kernels on the step's own matmul shapes under three option sets
+#             (benchmarks/jax_matmul_ceiling.py): autotuned, autotuner off, cuBLAS only
+#   7b        the published recipe's shapes (LLaVA-1.5-7B, LoRA r128, bf16) with the lean
+#             PyTorch step beside ours, one step profiled
+#   7b-tuned  the same step of ours with XLA's autotuner on (skipped when `ceiling` found the
+#             GEMM choice makes no difference: its compile is long)
+#   small     the issue's workload (bench-small, fp32) with the PyTorch and TRL baselines
+#   7b-chunked  ours with the other attention kernel (`--attention chunked`)
+#   demo      the README's main command on the GPU
+# GPU_XLA_FLAGS: the XLA flags of every part but `7b-tuned` and `ceiling` (default: no
+# autotuning, GEMMs through cuBLAS with its own heuristics; `ceiling` and `7b-tuned` measure
+# that choice against XLA's autotuned kernels, docs/PERFORMANCE.md has the figures).
 set -u
-OUT=${OUT:-/tmp/gpu_figures}
-mkdir -p "$OUT"
+WORK=${WORK:-/tmp/gpu_figures}
+PARTS=${PARTS:-ceiling 7b 7b-tuned small 7b-chunked demo}
+GPU_XLA_FLAGS=${GPU_XLA_FLAGS:---xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false}
+mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -15,46 +32,79 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import jax, flax, optax, transformers, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$WORK/gpu.txt"
+python3 -c "import jax, flax, optax, transformers, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" 2>&1 | tee -a "$WORK/gpu.txt"
+echo "GPU_XLA_FLAGS=$GPU_XLA_FLAGS" | tee -a "$WORK/gpu.txt"
 
-# XLA's GPU autotuner made even the tiny preset's DPO step compile for 45 s on an H200: with a
-# short lease, take cuBLAS's heuristics (AUTOTUNE=1 keeps XLA's default).
-[ "${AUTOTUNE:-0}" = 1 ] || export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
+# The 7B DPO step of ours: 2 pairs of (576 image + 64 text) prompt tokens and 2 × 256
+# response tokens; LoRA r128/α256 on the LM's linear layers, projector trained, base and
+# vision frozen, reference = adapters off; bf16. Args: label, XLA flags, timeout, then extra
+# bench arguments.
+bench7b() {
+  local label=$1 flags=$2 limit=$3
+  shift 3
+  local s=$(date +%s)
+  XLA_FLAGS="$flags" XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$limit" python3 -m mmalign_jax.bench \
+    --what dpo --preset llava-1.5-7b --pairs "${PAIRS_7B:-2}" --prompt-text 64 --response-len 256 \
+    --lora 128 --dtype bfloat16 --no-eval --json "$WORK/$label.json" "$@" > "$WORK/$label.log" 2>&1
+  echo "part $label rc=$? wall $(( $(date +%s) - s )) s"
+  grep -aE "^\||compiled|Profile" "$WORK/$label.log" | head -40
+}
 
-# 0. Smoke test (fails fast if this JAX/flax cannot run our step at all).
-[ "${SKIP_SMOKE:-0}" = 1 ] || timeout 120 python3 -m mmalign_jax.bench --what dpo --preset tiny --steps 1 --warmup 1 \
-  --baselines none --no-eval > "$OUT/smoke.log" 2>&1 || { tail -40 "$OUT/smoke.log"; exit 3; }
-echo "smoke ok"
-
-# 1. The issue's workload (bench-small, fp32, full fine-tuning, reference online), with the
-#    PyTorch and TRL baselines on the same GPU, interleaved. The three processes share the card:
-#    JAX takes at most half of it.
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 240 python3 -m mmalign_jax.bench --what "${SMALL_WHAT:-all}" \
-  --preset bench-small --steps 20 --warmup 3 --baselines torch,trl --precision highest \
-  --json "$OUT/small.json" > "$OUT/small.log" 2>&1
-echo "part 1 rc=$?"; grep -E "^\|" "$OUT/small.log" | head -12
-
-# 2. The published recipe's shapes: LLaVA-1.5-7B (CLIP-L/336, 576 image tokens; 6.7B LM),
-#    LoRA r128/α256, bf16 compute, DPO, pairs of 64 text + 2 × 256 response tokens; the
-#    lean PyTorch step does the same through peft (BASELINES_7B=none to skip it). Both
-#    processes hold the card at once: JAX allocates on demand, and 2 pairs keep the two
-#    steps' activations (ours measured 74 GiB at 4 pairs) within its 141 GB.
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 220 python3 -m mmalign_jax.bench --what dpo \
-  --preset llava-1.5-7b --pairs "${PAIRS_7B:-2}" \
-  --prompt-text 64 --response-len 256 --lora 128 --dtype bfloat16 --attention "${ATTENTION_7B:-auto}" \
-  --baselines "${BASELINES_7B:-torch}" --no-eval \
-  --steps 5 --warmup 2 --json "$OUT/7b.json" --profile /tmp/prof7b > "$OUT/7b.log" 2>&1
-echo "part 2 rc=$?"; grep -E "^\||DPO diag|Profile" "$OUT/7b.log" | head -40
-
-# 3. The README's main command (the offline demo) on the GPU, from an empty workdir (needs
-#    tensorflow-datasets, which builds the demo data; SKIP_DEMO=1 skips it).
-if [ "${SKIP_DEMO:-0}" != 1 ]; then
-  s=$(date +%s)
-  timeout 150 python3 -m mmalign_jax.train --config configs/dpo.py \
-    --config.workdir=/tmp/demo_gpu > "$OUT/demo.log" 2>&1
-  echo "part 3 rc=$? wall $(( $(date +%s) - s )) s"
-  grep -aE "finished|^  eval/" "$OUT/demo.log" | tail -12
-  cp /tmp/demo_gpu/metrics.jsonl "$OUT/demo_metrics.jsonl" 2>/dev/null || true
-fi
-nvidia-smi --query-gpu=name,temperature.gpu,clocks.sm --format=csv | tee -a "$OUT/gpu.txt"
+for part in $PARTS; do
+  case $part in
+  ceiling)
+    # bf16 at the 7B step's shapes, then fp32 (full precision) at bench-small's.
+    timeout 90 python3 benchmarks/jax_matmul_ceiling.py --reps 20 > "$WORK/ceiling.log" 2>&1
+    echo "part ceiling (7B shapes) rc=$?"; grep -aE "^\|" "$WORK/ceiling.log"
+    timeout 45 python3 benchmarks/jax_matmul_ceiling.py --m 1792 --d 512 --f 1408 --r 16 \
+      --dtype float32 --precision highest > "$WORK/ceiling_small.log" 2>&1
+    echo "part ceiling (bench-small shapes) rc=$?"; grep -aE "^\|" "$WORK/ceiling_small.log"
+    ;;
+  7b)
+    # Both processes hold the card at once (JAX allocates on demand).
+    bench7b 7b "$GPU_XLA_FLAGS" 200 --baselines "${BASELINES_7B:-torch}" --steps 4 --warmup 2 \
+      --profile /tmp/prof7b
+    cp /tmp/prof7b/plugins/profile/*/*.trace.json.gz "$WORK/7b.trace.json.gz" 2>/dev/null
+    gzip -c /tmp/prof7b/train_step.hlo.txt > "$WORK/7b.hlo.txt.gz" 2>/dev/null
+    ;;
+  7b-tuned)
+    # Only worth its compile if the autotuned GEMMs beat cuBLAS's on the MLP by > 10 %.
+    if [ -f "$WORK/ceiling.log" ] && ! python3 - "$WORK/ceiling.log" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+ms = {r["options"]: r["ms"] for r in rows if r.get("case") == "mlp" and "ms" in r}
+sys.exit(0 if "xla-default" in ms and "autotune0-cublas" in ms
+         and ms["xla-default"] < 0.9 * ms["autotune0-cublas"] else 1)
+EOF
+    then
+      echo "part 7b-tuned skipped: autotuned MLP GEMMs within 10 % of cuBLAS's (ceiling.log)"
+    else
+      bench7b 7b-tuned "" 150 --baselines none --steps 3 --warmup 1
+    fi
+    ;;
+  7b-chunked)
+    bench7b 7b-chunked "$GPU_XLA_FLAGS" 90 --baselines none --steps 3 --warmup 1 --attention chunked
+    ;;
+  small)
+    # fp32 with full-precision matmuls on every side (PyTorch with TF32 off); each
+    # implementation in its own process on the card, interleaved: JAX takes at most half.
+    XLA_FLAGS="$GPU_XLA_FLAGS" XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 150 python3 -m mmalign_jax.bench \
+      --what "${SMALL_WHAT:-dpo}" --preset bench-small --steps 20 --warmup 3 --baselines torch,trl \
+      --precision highest --json "$WORK/small.json" > "$WORK/small.log" 2>&1
+    echo "part small rc=$?"; grep -aE "^\|" "$WORK/small.log" | head -12
+    ;;
+  demo)
+    # The README's main command (the offline demo), from an empty workdir.
+    s=$(date +%s)
+    XLA_FLAGS="$GPU_XLA_FLAGS" timeout 150 python3 -m mmalign_jax.train --config configs/dpo.py \
+      --config.workdir=/tmp/demo_gpu > "$WORK/demo.log" 2>&1
+    echo "part demo rc=$? wall $(( $(date +%s) - s )) s"
+    grep -aE "finished|^  eval/" "$WORK/demo.log" | tail -12
+    cp /tmp/demo_gpu/metrics.jsonl "$WORK/demo_metrics.jsonl" 2>/dev/null || true
+    ;;
+  *) echo "unknown part $part" ;;
+  esac
+  [ -n "${OUT:-}" ] && tar czf "$OUT/gpu_figures.tar.gz" -C "$WORK" .
+done
+nvidia-smi --query-gpu=name,temperature.gpu,clocks.sm --format=csv | tee -a "$WORK/gpu.txt"
