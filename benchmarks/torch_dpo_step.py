@@ -170,6 +170,7 @@ def main(argv=None) -> dict:
 
     config = llava_config(args.preset)
     config._attn_implementation = args.attn
+    t_build = time.perf_counter()
     with dev:   # built on the device: a 7B model's random init on the host takes minutes
         model = LlavaForConditionalGeneration(config).float().train()
     model.model.vision_tower.requires_grad_(False)
@@ -191,6 +192,7 @@ def main(argv=None) -> dict:
         if bf16:
             ref.to(torch.bfloat16)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    print(f"[torch] model ready in {time.perf_counter() - t_build:.1f}s", file=sys.stderr, flush=True)
     autocast = ((lambda: torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False))
                 if bf16 else contextlib.nullcontext)
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)

@@ -797,7 +797,8 @@ def machine_info() -> dict:
     d = jax.devices()[0]
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "jax_backend": jax.default_backend(), "device": f"{d.platform}:{getattr(d, 'device_kind', '')}",
-            "n_devices": jax.device_count(), "versions": versions}
+            "n_devices": jax.device_count(), "versions": versions,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def _fmt(x, spec=".3g", none="n/a"):

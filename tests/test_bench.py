@@ -135,3 +135,24 @@ def test_attention_kernel_is_a_training_setting():
         defaults.validate(c, 1)
     del c.model["attention_impl"]   # a config.json written before the setting existed
     assert loop.model_config(c).attention_impl == "auto"
+
+
+def test_matmul_ceiling_counts_the_flops_its_cases_do():
+    """benchmarks/jax_matmul_ceiling.py: each case's FLOP count (its TFLOP/s figures) equals
+    the matmul FLOPs of the traced function, and every option set compiles and runs on CPU."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "jax_matmul_ceiling.py")
+    spec = importlib.util.spec_from_file_location("jax_matmul_ceiling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m, d, f, r = 32, 16, 48, 4
+    for name, (fn, specs, flops) in mod.cases(m, d, f, r, jnp.float32).items():
+        args = [jnp.ones(s, dt) for s, dt in specs]
+        assert bench.traced_flops(jax.jit(fn), *args) == flops, name
+    rows = mod.main(["--m", str(m), "--d", str(d), "--f", str(f), "--r", str(r), "--reps", "1",
+                     "--dtype", "float32"])
+    assert {(row["case"], row["options"]) for row in rows} == {
+        (c, o) for c in ("dot", "mlp", "lora") for o in mod.OPTION_SETS}
+    assert all(row["ms"] > 0 and "error" not in row for row in rows)
