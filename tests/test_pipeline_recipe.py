@@ -194,3 +194,43 @@ def test_every_stage_records_the_fingerprints_of_the_stages_it_reads(first_run):
     # evaluation reads every trained model, every seed's
     trained = {n for n in markers if n.split("-seed")[0] in recipe.METHODS}
     assert trained and set(after["evaluate"]) == {"data", "sft"} | trained
+
+
+def test_input_fingerprint_follows_content_not_path(tmp_path):
+    f = tmp_path / "prompts.jsonl"
+    f.write_text('{"id": "a"}\n')
+    first = recipe.input_fingerprint(str(f))
+    assert recipe.input_fingerprint(str(f)) == first
+    f.write_text('{"id": "b"}\n')                   # same size, same path, other content
+    assert recipe.input_fingerprint(str(f)) != first
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"x" * 10)
+    d1 = recipe.input_fingerprint(str(ckpt))
+    (ckpt / "model.safetensors").write_bytes(b"y" * 11)
+    assert recipe.input_fingerprint(str(ckpt)) != d1 and d1.startswith("dir:")
+
+
+def test_custom_task_prompts_edited_in_place_rerun_sampling_and_what_follows(tmp_path, monkeypatch):
+    """A custom task's prompts file keeps its path when the user edits it: sampling (and
+    everything after it) must rerun; an untouched file reruns nothing. The stage bodies are
+    stand-ins: what is tested is `run`'s wiring of settings."""
+    calls = []
+    monkeypatch.setattr(recipe, "sample", lambda p, model, split, prompts: calls.append(
+        f"sample_{split}") or {"out": str(tmp_path / f"{split}.cands")})
+    monkeypatch.setattr(recipe, "annotate_split", lambda p, split, cands: calls.append(
+        f"annotate_{split}") or {"scored": cands})
+    monkeypatch.setattr(recipe, "build_training_data", lambda p, scored, standard: calls.append(
+        "preferences") or {"data_dir": str(tmp_path / "prefs")})
+    prompts, ckpt = tmp_path / "prompts.jsonl", tmp_path / "ckpt"
+    prompts.write_text('{"id": "q1"}\n')
+    ckpt.mkdir()
+    p = pipeline_config(tmp_path / "work")
+    p.task, p.methods, p.annotate.annotator = "custom", "", "gemini"
+    p.checkpoint, p.prompts, p.image_root = str(ckpt), str(prompts), str(tmp_path)
+    recipe.run(p)
+    assert calls == ["sample_train", "annotate_train", "preferences"]
+    assert recipe.run(p)["ran"] == [] and len(calls) == 3
+    prompts.write_text('{"id": "q2"}\n')
+    assert recipe.run(p)["ran"] == ["sample_train", "annotate_train", "preferences"]
+    assert calls[3:] == ["sample_train", "annotate_train", "preferences"]

@@ -16,7 +16,9 @@ resumes inside itself — training from its last checkpoint, sampling and annota
 their append-only outputs — so nothing finished is redone and nothing paid for is lost.
 Changing a stage's settings reruns it and every stage downstream of it: a stage's marker
 also holds the fingerprints of the stages it reads from (`after=`), so a change propagates
-even where the upstream's output paths stay the same. The outputs a rerun stage would
+even where the upstream's output paths stay the same. A custom task's own inputs (prompts
+files, checkpoint) are fingerprinted by content (`input_fingerprint`): a prompts file edited
+in place reruns sampling. The outputs a rerun stage would
 otherwise resume from (a training workdir, a candidates file) are first moved aside to
 `<path>.superseded-<old fingerprint>`.
 
@@ -205,6 +207,34 @@ def prompt_files(p) -> Dict[str, str]:
     if p.eval_prompts:
         files["eval"] = p.eval_prompts
     return files
+
+
+def input_fingerprint(path: str) -> str:
+    """What a user's input holds, for the settings of the stages that read it: a prompts file
+    edited in place keeps its path. A file: the sha256 of its bytes; a folder (a checkpoint
+    of gigabytes): each file's relative name, size and modification time, not its bytes.
+    Images a prompts file names are not covered: replace an image under a new name."""
+    h = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                f = os.path.join(root, name)
+                st = os.stat(f)
+                h.update(f"{os.path.relpath(f, path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return "dir:" + h.hexdigest()[:16]
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def user_inputs(p, *paths: str) -> dict:
+    """`{"inputs": {path: input_fingerprint}}` for a custom task's own files (the demo's are
+    made by the data stage, whose fingerprint its readers already carry); {} for the demo."""
+    if p.task == "demo":
+        return {}
+    return {"inputs": {q: input_fingerprint(q) for q in paths if q and os.path.exists(q)}}
 
 
 def image_root(p) -> str:
@@ -475,7 +505,7 @@ def run(p) -> dict:
     for split, prompts in prompt_files(p).items():
         cand = stages.run(f"sample_{split}",
                           {"model": sft_model, "prompts": prompts, "upstream": out.get("sft"),
-                           **settings("seed", "sample")},
+                           **settings("seed", "sample"), **user_inputs(p, prompts, sft_model)},
                           lambda split=split, prompts=prompts: sample(p, sft_model, split, prompts),
                           outputs=[candidates_path(p, split)], after=data_stage + sft_stage)
         ann = stages.run(f"annotate_{split}",
@@ -489,7 +519,8 @@ def run(p) -> dict:
     if "standard_sft" in methods:
         for split, prompts in prompt_files(p).items():
             standard[split] = stages.run(
-                f"reference_{split}", {"prompts": prompts, "upstream": out.get("data")},
+                f"reference_{split}", {"prompts": prompts, "upstream": out.get("data"),
+                                       **user_inputs(p, prompts)},
                 lambda split=split, prompts=prompts: {"path": reference_answers(p, split, prompts)},
                 after=data_stage)["path"]
     prefs = stages.run("preferences", {"scored": {s: out[f"annotate_{s}"] for s in scored},
