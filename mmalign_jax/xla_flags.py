@@ -8,15 +8,18 @@ XLA's default (autotuner on) compiles far longer (one fp32 GEMM case of the micr
 100 s) for kernels within 5 % of cuBLAS's on the 7B step's bf16 shapes, except the plain
 projection, where cuBLAS was 1.4x faster (in fp32 the autotuned SwiGLU MLP was 1.28x faster).
 XLA reads these flags when JAX creates its GPU client, i.e. at the first computation:
-importing `mmalign_jax` before that is enough. They are GPU-only options; CPU and TPU ignore them.
+importing `mmalign_jax` before that is enough.
 
-A flag the user already put in `XLA_FLAGS` is never overridden; `MMALIGN_JAX_XLA_DEFAULTS=0`
-turns the defaults off altogether.
+Only where JAX can reach an NVIDIA GPU: a CUDA PJRT plugin is installed (`jax_plugins.xla_cuda*`)
+and `JAX_PLATFORMS`, if set, allows it — elsewhere `XLA_FLAGS` is left alone (another XLA in
+the process, an old TensorFlow's, stops at flags it does not know). A flag the user already
+put in `XLA_FLAGS` is never overridden; `MMALIGN_JAX_XLA_DEFAULTS=0` turns the defaults off.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
-from typing import MutableMapping
+from typing import MutableMapping, Optional
 
 GPU_DEFAULTS = (
     ("xla_gpu_enable_triton_gemm", "false"),
@@ -30,10 +33,38 @@ def _named(flags: str) -> set[str]:
     return {tok.lstrip("-").split("=", 1)[0] for tok in flags.split() if tok.startswith("--")}
 
 
-def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> list[str]:
-    """Append the GPU defaults the user has not set to `environ['XLA_FLAGS']`; returns the
-    flags added (none when opted out or all already named)."""
+def cuda_plugin_installed() -> bool:
+    """Whether a JAX CUDA PJRT plugin (`jax_plugins.xla_cuda12`, `..13`) is importable — asked
+    without importing JAX or starting a backend."""
+    try:
+        spec = importlib.util.find_spec("jax_plugins")
+    except (ImportError, ValueError):
+        return False
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            if any(name.startswith("xla_cuda") for name in os.listdir(loc)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def gpu_possible(environ: MutableMapping[str, str], plugin: Optional[bool] = None) -> bool:
+    """A CUDA plugin is there (`plugin`, detected when None) and `JAX_PLATFORMS` allows it."""
+    platforms = [x.strip().lower() for x in environ.get("JAX_PLATFORMS", "").split(",") if x.strip()]
+    if platforms and not any(x in ("cuda", "gpu") for x in platforms):
+        return False
+    return cuda_plugin_installed() if plugin is None else plugin
+
+
+def apply_defaults(environ: MutableMapping[str, str] = os.environ,
+                   plugin: Optional[bool] = None) -> list[str]:
+    """Append the GPU defaults the user has not set to `environ['XLA_FLAGS']` where a GPU is
+    possible (`gpu_possible`); returns the flags added (none when opted out, no GPU is
+    possible, or all are already named)."""
     if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+        return []
+    if not gpu_possible(environ, plugin):
         return []
     current = environ.get("XLA_FLAGS", "")
     have = _named(current)

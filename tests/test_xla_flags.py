@@ -1,4 +1,5 @@
-"""The library's default XLA flags (GEMMs through cuBLAS on GPU): added, never overriding."""
+"""The library's default XLA flags (GEMMs through cuBLAS on NVIDIA GPUs): added only where a GPU
+is possible, never overriding the user's."""
 import os
 import subprocess
 import sys
@@ -6,19 +7,42 @@ import sys
 from mmalign_jax import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOTH = ["--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"]
 
 
-def test_adds_both_gpu_defaults_to_an_empty_environment():
+def test_adds_both_gpu_defaults_where_a_gpu_is_possible():
     env = {}
-    added = xla_flags.apply_defaults(env)
-    assert added == ["--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"]
-    assert env["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=false --xla_gpu_autotune_level=0"
+    assert xla_flags.apply_defaults(env, plugin=True) == BOTH
+    assert env["XLA_FLAGS"] == " ".join(BOTH)
+
+
+def test_leaves_xla_flags_alone_without_a_cuda_plugin_or_when_jax_platforms_excludes_it():
+    env = {"XLA_FLAGS": "--a=1"}
+    assert xla_flags.apply_defaults(env, plugin=False) == [] and env == {"XLA_FLAGS": "--a=1"}
+    for platforms in ("cpu", "tpu", "cpu,tpu"):
+        env = {"JAX_PLATFORMS": platforms}
+        assert xla_flags.apply_defaults(env, plugin=True) == [] and "XLA_FLAGS" not in env
+    for platforms in ("cuda", "cpu,cuda", "gpu"):
+        assert xla_flags.apply_defaults({"JAX_PLATFORMS": platforms}, plugin=True) == BOTH
+
+
+def test_cuda_plugin_detection_looks_for_jax_plugins_xla_cuda(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "jax_plugins" / "xla_rocm").mkdir(parents=True)
+    assert not xla_flags.cuda_plugin_installed() or _real_cuda_plugin()
+    (tmp_path / "jax_plugins" / "xla_cuda13").mkdir()
+    assert xla_flags.cuda_plugin_installed()
+
+
+def _real_cuda_plugin() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None or \
+        importlib.util.find_spec("jax_plugins.xla_cuda13") is not None
 
 
 def test_keeps_the_users_flags_and_their_values():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_gpu_autotune_level=4"}
-    added = xla_flags.apply_defaults(env)
-    assert added == ["--xla_gpu_enable_triton_gemm=false"]
+    assert xla_flags.apply_defaults(env, plugin=True) == ["--xla_gpu_enable_triton_gemm=false"]
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
                                         "--xla_gpu_autotune_level=4",
                                         "--xla_gpu_enable_triton_gemm=false"]
@@ -26,27 +50,31 @@ def test_keeps_the_users_flags_and_their_values():
 
 def test_a_flag_named_without_value_counts_as_set_and_a_second_call_adds_nothing():
     env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm"}
-    xla_flags.apply_defaults(env)
-    assert xla_flags.apply_defaults(env) == []
+    xla_flags.apply_defaults(env, plugin=True)
+    assert xla_flags.apply_defaults(env, plugin=True) == []
     assert env["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm --xla_gpu_autotune_level=0"
 
 
 def test_opt_out():
     for off in ("0", "false", "OFF"):
         env = {"MMALIGN_JAX_XLA_DEFAULTS": off, "XLA_FLAGS": "--a=1"}
-        assert xla_flags.apply_defaults(env) == []
+        assert xla_flags.apply_defaults(env, plugin=True) == []
         assert env["XLA_FLAGS"] == "--a=1"
 
 
-def test_importing_the_package_sets_them_before_jax_starts_and_jax_still_runs():
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+def test_importing_the_package_applies_them_before_jax_starts_and_jax_still_runs(tmp_path):
+    """A stand-in CUDA plugin folder on the path (JAX_PLATFORMS unset) makes the import add
+    the flags; XLA:CPU then still starts and accepts them beside the user's own."""
+    (tmp_path / "jax_plugins" / "xla_cuda13").mkdir(parents=True)   # no plugin code: JAX skips it
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", xla_flags.OPT_OUT, "JAX_PLATFORMS")}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=3",
+               PYTHONPATH=os.pathsep.join([REPO, str(tmp_path)]))
     code = ("import os, mmalign_jax, jax, jax.numpy as jnp; print(os.environ['XLA_FLAGS']); "
             "print(jax.device_count(), float(jnp.ones(4) @ jnp.ones(4)))")
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": REPO},
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     flags, result = out.stdout.strip().splitlines()[-2:]
-    assert flags.split() == ["--xla_force_host_platform_device_count=3",
-                             "--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"]
+    assert flags.split() == ["--xla_force_host_platform_device_count=3", *BOTH]
     assert result == "3 4.0"   # the user's flag still took effect; the GPU ones are inert on CPU
