@@ -18,6 +18,14 @@
 #   small     the issue's workload (bench-small, fp32) with the PyTorch and TRL baselines
 #   7b-chunked  ours with the other attention kernel (`--attention chunked`)
 #   demo      the README's main command on the GPU
+# The wheels the H200 image lacks (cp312; fetch them where pip can reach PyPI, into .whl/):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64
+#     --platform manylinux2014_x86_64 -d .whl ml_collections grain array_record portpicker
+#     trl==1.16.0 datasets dill multiprocess tensorboardX tensorflow-datasets==4.9.10 dm-tree
+#     immutabledict simple-parsing docstring-parser tensorflow-metadata termcolor toml
+#     googleapis-common-protos
+#   pip wheel --no-deps promise==2.3 -w .whl        # an sdist only
 # Our processes run with the library's default XLA flags (mmalign_jax/xla_flags.py: GEMMs
 # through cuBLAS, no autotuning) unless a part says otherwise. The 7B preset's setup (random
 # init of 7.4B parameters, tracing) took ≈ 60 s before its compile on the H200: the 7B parts'
@@ -36,6 +44,8 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$WORK/gpu.txt"
 python3 -c "import jax, flax, optax, transformers, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" 2>&1 | tee -a "$WORK/gpu.txt"
+# The library's GPU XLA flags (mmalign_jax/xla_flags.py) must have been applied on import.
+python3 -c "import os, mmalign_jax; print('XLA_FLAGS after importing mmalign_jax:', os.environ.get('XLA_FLAGS', ''))" 2>&1 | tee -a "$WORK/gpu.txt"
 
 # The 7B DPO step of ours: 2 pairs of (576 image + 64 text) prompt tokens and 2 × 256
 # response tokens; LoRA r128/α256 on the LM's linear layers, projector trained, base and
