@@ -250,7 +250,7 @@ def load_model(c, mesh, rules) -> Loaded:
     cfg = cfg.replace(dtype=c.dtype, param_dtype=c.dtype, remat_policy="none", lora=None)
     with loop.mesh_context(mesh, rules):
         specs = llava_lib.param_logical_specs(cfg)
-        shapes = jax.eval_shape(lambda: llava_lib.init_params(cfg, jax.random.PRNGKey(0)))
+        shapes = llava_lib.abstract_params(cfg)
         shardings = parallel.tree_shardings(specs, rules, mesh, shapes)
         if kind == "workdir":
             params = loop.params_from_run(path, cfg, shardings)

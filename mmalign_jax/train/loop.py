@@ -157,7 +157,7 @@ def build(c, *, total_steps: int) -> Run:
     model = llava_lib.Llava(cfg)
     with mesh_context(mesh, rules):
         p_specs = llava_lib.param_logical_specs(cfg)
-        p_shapes = jax.eval_shape(lambda: llava_lib.init_params(cfg, jax.random.PRNGKey(0)))
+        p_shapes = llava_lib.abstract_params(cfg)
         p_sh = parallel.tree_shardings(p_specs, rules, mesh, p_shapes)
         params = base_params(c, cfg, p_sh)
         variables = {"params": params}
