@@ -1,8 +1,9 @@
 """XLA flags the library sets by default: GEMMs through cuBLAS on NVIDIA GPUs.
 
 Measured on an H200 (docs/PERFORMANCE.md, "GPU"): with XLA's own Triton GEMM kernels and the
-autotuner off, the LLaVA-1.5-7B LoRA DPO step took 13.4 s; with cuBLAS (its own heuristics,
-no autotuning) 0.27-0.28 s — 37 % MFU, 1.7x the same step in PyTorch — compiled in 10-14 s.
+autotuner off, the LLaVA-1.5-7B LoRA DPO step took 13.4 s at 4 pairs; with cuBLAS (its own
+heuristics, no autotuning) 0.27-0.28 s at 2 pairs — 37 % MFU, 1.7x the same step in
+PyTorch — compiled in 10-14 s.
 XLA's default (autotuner on) compiles far longer (one fp32 GEMM case of the microbenchmark:
 8-16 s instead of 0.1 s; a 7B run had not got through setup (≈ 60 s), compile and one step in
 100 s) for kernels within 5 % of cuBLAS's on the 7B step's bf16 shapes, except the plain
