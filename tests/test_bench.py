@@ -156,3 +156,22 @@ def test_matmul_ceiling_counts_the_flops_its_cases_do():
     assert {(row["case"], row["options"]) for row in rows} == {
         (c, o) for c in ("dot", "mlp", "lora") for o in mod.OPTION_SETS}
     assert all(row["ms"] > 0 and "error" not in row for row in rows)
+
+
+def test_profile_attributes_the_op_time_to_phases_and_modules(tmp_path):
+    """`--profile DIR`: one traced step, its XLA op time added up by phase · module (from the
+    compiled HLO's op_name metadata) — the table docs/PERFORMANCE.md reads."""
+    res = bench.main(["--what", "dpo", "--preset", "tiny", "--steps", "1", "--warmup", "1",
+                      "--pairs", str(jax.device_count()), "--prompt-text", "8",
+                      "--response-len", "8", "--baselines", "none", "--no-eval",
+                      "--profile", str(tmp_path), "--no-write"])
+    prof = res["dpo"]["profile"]
+    assert "error" not in prof, prof
+    assert (tmp_path / "train_step.hlo.txt").exists()
+    assert prof["op_seconds_total"] > 0 and prof["step_wall_s"] > 0
+    cats = {c for c, _, _ in prof["by_category"]}
+    for want in ("forward · mlp", "backward · mlp", "forward · attention core"):
+        assert want in cats, cats
+    shares = [share for _, _, share in prof["by_category"]]
+    assert all(0 <= s <= 1 for s in shares) and sum(shares) <= 1 + 1e-9
+    assert "Profile of one DPO step" in res["markdown"]
