@@ -15,11 +15,14 @@ Only where JAX can reach an NVIDIA GPU: a CUDA PJRT plugin is installed (`jax_pl
 and `JAX_PLATFORMS`, if set, allows it — elsewhere `XLA_FLAGS` is left alone (another XLA in
 the process, an old TensorFlow's, stops at flags it does not know). A flag the user already
 put in `XLA_FLAGS` is never overridden; `MMALIGN_JAX_XLA_DEFAULTS=0` turns the defaults off.
+Imported after JAX has started its backends, the flags come too late: a RuntimeWarning says so.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+import warnings
 from typing import MutableMapping, Optional
 
 GPU_DEFAULTS = (
@@ -72,4 +75,17 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ,
     added = [f"--{name}={value}" for name, value in GPU_DEFAULTS if name not in have]
     if added:
         environ["XLA_FLAGS"] = " ".join([current.strip(), *added]).strip()
+        if environ is os.environ and backends_started():   # this process's JAX: too late
+            warnings.warn(
+                "JAX started its backends before mmalign_jax was imported, so XLA_FLAGS "
+                f"{' '.join(added)} cannot take effect in this process: on an NVIDIA GPU the "
+                "train step can run many times slower (docs/PERFORMANCE.md, 'GPU'). Import "
+                "mmalign_jax before the first JAX computation, or set these flags in XLA_FLAGS "
+                "before starting Python.", RuntimeWarning, stacklevel=2)
     return added
+
+
+def backends_started() -> bool:
+    """Whether JAX has created its backends (clients) already, without creating them."""
+    xb = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(xb, "_backends", None))

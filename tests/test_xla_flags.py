@@ -78,3 +78,23 @@ def test_importing_the_package_applies_them_before_jax_starts_and_jax_still_runs
     flags, result = out.stdout.strip().splitlines()[-2:]
     assert flags.split() == ["--xla_force_host_platform_device_count=3", *BOTH]
     assert result == "3 4.0"   # the user's flag still took effect; the GPU ones are inert on CPU
+
+
+def test_warns_when_jax_started_before_the_flags_could_apply(monkeypatch):
+    """Imported after the first JAX computation, the flags cannot take effect any more: say so
+    (on a GPU the step would run many times slower), never silently."""
+    import warnings
+
+    import jax
+    import pytest
+    jax.devices()                                # backends started in this process
+    assert xla_flags.backends_started()
+    monkeypatch.delenv(xla_flags.OPT_OUT, raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    with pytest.warns(RuntimeWarning, match="before mmalign_jax was imported"):
+        assert xla_flags.apply_defaults(plugin=True) == BOTH
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert xla_flags.apply_defaults(plugin=True) == []     # now named: nothing to add
+        assert xla_flags.apply_defaults({}, plugin=True) == BOTH   # another environment
