@@ -36,7 +36,6 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
-
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject addopts): one worker per core, but no more than the memory holds —
     a worker peaks near 4 GiB (a trained demo run, a built dataset, XLA executables)."""

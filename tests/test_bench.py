@@ -142,8 +142,9 @@ def test_matmul_ceiling_counts_the_flops_its_cases_do():
     the matmul FLOPs of the traced function, and every option set compiles and runs on CPU."""
     import importlib.util
     import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "benchmarks", "jax_matmul_ceiling.py")
+
+    from conftest import ROOT
+    path = os.path.join(ROOT, "benchmarks", "jax_matmul_ceiling.py")
     spec = importlib.util.spec_from_file_location("jax_matmul_ceiling", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
+from conftest import ROOT, subprocess_env
 from mmalign_jax import xla_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOTH = ["--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"]
 
 
@@ -66,14 +66,14 @@ def test_importing_the_package_applies_them_before_jax_starts_and_jax_still_runs
     """A stand-in CUDA plugin folder on the path (JAX_PLATFORMS unset) makes the import add
     the flags; XLA:CPU then still starts and accepts them beside the user's own."""
     (tmp_path / "jax_plugins" / "xla_cuda13").mkdir(parents=True)   # no plugin code: JAX skips it
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", xla_flags.OPT_OUT, "JAX_PLATFORMS")}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=3",
-               PYTHONPATH=os.pathsep.join([REPO, str(tmp_path)]))
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=3")
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    for unset in ("JAX_PLATFORMS", xla_flags.OPT_OUT):   # the flags need a GPU to be possible
+        env.pop(unset, None)
     code = ("import os, mmalign_jax, jax, jax.numpy as jnp; print(os.environ['XLA_FLAGS']); "
             "print(jax.device_count(), float(jnp.ones(4) @ jnp.ones(4)))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
+                         timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     flags, result = out.stdout.strip().splitlines()[-2:]
     assert flags.split() == ["--xla_force_host_platform_device_count=3", *BOTH]
