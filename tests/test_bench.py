@@ -176,3 +176,31 @@ def test_profile_attributes_the_op_time_to_phases_and_modules(tmp_path):
     shares = [share for _, _, share in prof["by_category"]]
     assert all(0 <= s <= 1 for s in shares) and sum(shares) <= 1 + 1e-9
     assert "Profile of one DPO step" in res["markdown"]
+
+
+def test_spawn_order_starts_every_process_first_equally_often(tmp_path):
+    """benchmarks/spawn_order.py: one measurement per rotation of the start order (each
+    process started first once), and the geometric mean over those orders per process."""
+    import importlib.util
+    import json
+    import os
+
+    from conftest import ROOT
+    path = os.path.join(ROOT, "benchmarks", "spawn_order.py")
+    spec = importlib.util.spec_from_file_location("spawn_order", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--impls", "ours,ours", "--rounds", "2", "--warmup", "0", "--preset", "tiny",
+                    "--pairs", str(jax.device_count()), "--prompt-text", "8",
+                    "--response-len", "8", "--json", str(tmp_path / "order.json")])
+    assert [r["start_order"] for r in out["runs"]] == [["ours#1", "ours#2"], ["ours#2", "ours#1"]]
+    for run in out["runs"]:
+        for label, times in run["step_seconds"].items():
+            assert len(times) == 2 and all(t > 0 for t in times)
+            assert math.isclose(run["median_s"][label], (times[0] + times[1]) / 2)
+    for label in ("ours#1", "ours#2"):
+        medians = [run["median_s"][label] for run in out["runs"]]
+        assert math.isclose(out["geometric_mean_s"][label], math.sqrt(medians[0] * medians[1]))
+    assert sorted(out["by_start_position"]) == [1, 2]
+    assert json.loads((tmp_path / "order.json").read_text())["geometric_mean_s"] == pytest.approx(
+        out["geometric_mean_s"])
