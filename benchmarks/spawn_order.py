@@ -11,8 +11,9 @@ baseline scripts), the processes take turns one step each per round (order rotat
 median step time of each implementation per start order and, per implementation, the
 geometric mean over the start orders — the ratio in which the start order cancels.
 
-Why: on the shared 2-core VM, identical processes were not equally fast — the one started
-first ran 8-20 % slower than the one started last, whatever it ran (docs/PERFORMANCE.md).
+Why: on the shared 2-core VM, identical processes of our step were not equally fast — the
+one started first ran 3-9 % slower than its mean over the orders (up to 35 % slower than the
+one started last); the PyTorch step showed no consistent effect (docs/PERFORMANCE.md).
 `mmalign_jax.bench` runs ours in its own (first) process and starts the baselines after it.
 """
 from __future__ import annotations
