@@ -904,7 +904,10 @@ def markdown(res: dict) -> str:
     if res.get("mode") == "interleaved" and res.get("baselines"):
         lines.append("The DPO rows were measured interleaved: each round runs one step of every "
                      "implementation (order rotating), each in its own process, so load changes "
-                     "on the shared machine hit all rows alike.")
+                     "on the shared machine hit all rows alike. Ours runs in the bench's own "
+                     "process, started before the baselines: on the 2-core VM of "
+                     "docs/PERFORMANCE.md the first-started process ran our step 3-9 % slower; "
+                     "`benchmarks/spawn_order.py` balances the start order.")
         lines.append("")
     if dpo and len(dpo.get("medians_by_phase", {})) > 1:
         ph = "; ".join(f"{r.get('remat_policy')}: " + ", ".join(
