@@ -137,17 +137,22 @@ def test_attention_kernel_is_a_training_setting():
     assert loop.model_config(c).attention_impl == "auto"
 
 
-def test_matmul_ceiling_counts_the_flops_its_cases_do():
-    """benchmarks/jax_matmul_ceiling.py: each case's FLOP count (its TFLOP/s figures) equals
-    the matmul FLOPs of the traced function, and every option set compiles and runs on CPU."""
+def _benchmark_script(name: str):
+    """A script of benchmarks/ (not a package) imported as a module."""
     import importlib.util
     import os
 
     from conftest import ROOT
-    path = os.path.join(ROOT, "benchmarks", "jax_matmul_ceiling.py")
-    spec = importlib.util.spec_from_file_location("jax_matmul_ceiling", path)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_matmul_ceiling_counts_the_flops_its_cases_do():
+    """benchmarks/jax_matmul_ceiling.py: each case's FLOP count (its TFLOP/s figures) equals
+    the matmul FLOPs of the traced function, and every option set compiles and runs on CPU."""
+    mod = _benchmark_script("jax_matmul_ceiling")
     m, d, f, r = 32, 16, 48, 4
     for name, (fn, specs, flops) in mod.cases(m, d, f, r, jnp.float32).items():
         args = [jnp.ones(s, dt) for s, dt in specs]
@@ -181,15 +186,9 @@ def test_profile_attributes_the_op_time_to_phases_and_modules(tmp_path):
 def test_spawn_order_starts_every_process_first_equally_often(tmp_path):
     """benchmarks/spawn_order.py: one measurement per rotation of the start order (each
     process started first once), and the geometric mean over those orders per process."""
-    import importlib.util
     import json
-    import os
 
-    from conftest import ROOT
-    path = os.path.join(ROOT, "benchmarks", "spawn_order.py")
-    spec = importlib.util.spec_from_file_location("spawn_order", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark_script("spawn_order")
     out = mod.main(["--impls", "ours,ours", "--rounds", "2", "--warmup", "0", "--preset", "tiny",
                     "--pairs", str(jax.device_count()), "--prompt-text", "8",
                     "--response-len", "8", "--json", str(tmp_path / "order.json")])
