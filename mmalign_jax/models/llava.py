@@ -178,7 +178,7 @@ def _abstract_boxed(cfg: LlavaConfig):
 
 def abstract_params(cfg: LlavaConfig):
     """`jax.ShapeDtypeStruct` tree of the params: no memory, no compute."""
-    return nn.unbox(jax.tree.map(lambda x: x, _abstract_boxed(cfg)))   # a fresh tree
+    return nn.unbox(_abstract_boxed(cfg))   # unbox builds new containers: the cache's tree stays as is
 
 
 def param_logical_specs(cfg: LlavaConfig):
