@@ -24,7 +24,14 @@ What is timed
 * baselines: `benchmarks/torch_dpo_step.py` and `benchmarks/trl_dpo_step.py` (+ diagnostic
   variants trl-gc, torch-1t) run as subprocesses with the same shapes. By default they run
   in `--serve` mode and the implementations take turns one step at a time (rotating order),
-  so a shared machine's load drift hits every row alike; `--sequential` runs each in one block
+  so a shared machine's load drift hits every row alike. Ours is served the same way, from
+  its own process (`--serve-ours`), and the whole measurement is repeated once per rotation
+  of the order in which the processes start (`--start-orders balanced`, the default): on the
+  2-core VM of docs/PERFORMANCE.md the JAX process started first ran 3-9 % slower, so a
+  fixed start order is biased. The DPO rows' s/step is then the geometric mean over start
+  orders of each order's median; ours is also timed in the bench's own process, for the FLOP,
+  memory and forward-only figures. `--start-orders first` keeps the quicker single order
+  (ours in the bench's process, started first); `--sequential` runs each in one block
   (ours before and after the baselines). A baseline whose packages are missing is reported
   as such, never estimated.
 * `--profile DIR`: one traced step (jax.profiler, XLA op level), op time by phase · module.
@@ -606,6 +613,130 @@ def interleaved(tbs: dict, baselines: list, w: Workload, steps: int, warmup: int
     return {b: results[b] for b in baselines}
 
 
+def serve_ours(args) -> None:
+    """`--serve-ours`: our DPO step behind the served-process protocol of the baseline scripts
+    (a 'ready' line after compile + warm-up; one timed step per line read from stdin; the
+    result as a JSON line when stdin closes)."""
+    tb = TrainBench("dpo", Workload(args.preset, args.pairs, args.prompt_text, args.response_len),
+                    args.remat, args.lora, args.dtype, args.attention)
+    for _ in range(1 + args.warmup):   # compile + warm-up
+        tb.step()
+    times = tb.times.setdefault("served", [])
+    print(json.dumps({"event": "ready"}), flush=True)
+    while sys.stdin.readline():
+        c0 = time.process_time()
+        times.append(tb.step())
+        print(json.dumps({"event": "step", "s": times[-1], "cpu_s": time.process_time() - c0}),
+              flush=True)
+    tb.cpu = tb.cpu[-len(times):] if times else tb.cpu
+    print(json.dumps(tb.result(), default=str), flush=True)
+
+
+def ours_command(w: Workload, warmup: int, remat: str, lora_rank: int, dtype: str,
+                 attention: str, precision: str) -> list[str]:
+    return [sys.executable, "-m", "mmalign_jax.bench", "--serve-ours", "--preset", w.preset,
+            "--pairs", str(w.pairs), "--prompt-text", str(w.prompt_text), "--response-len",
+            str(w.response_len), "--warmup", str(warmup), "--remat", remat, "--lora",
+            str(lora_rank), "--dtype", dtype, "--attention", attention, "--precision", precision]
+
+
+def start_order_rounds(players: Sequence[tuple[str, list]], rounds: int, timeout: float) -> dict:
+    """Every player (label, served-process argv) in its own process; the measurement — start
+    the processes one after the other (each sets up alone), then `rounds` rounds of one step
+    each, order rotating — is repeated once per rotation of the start order, so each player
+    is started first, second, … equally often. Returns the runs (start order, per-player
+    step times and median), the per-player geometric mean of those medians, each player's
+    last result line and the errors of players that failed."""
+    labels = [label for label, _ in players]
+    runs, finished, errors = [], {}, {}
+    for r in range(len(players)):
+        order = [p for p in players[r:] + players[:r] if p[0] not in errors]
+        served = {}
+        for label, cmd in order:
+            sb = ServedBaseline(label, cmd, timeout)
+            if sb.wait_ready():
+                served[label] = sb
+            else:
+                errors[label] = sb.finish()
+        live = [label for label, _ in order if label in served]
+        times = {label: [] for label in live}
+        for k in range(rounds):
+            for label in live[k % len(live):] + live[:k % len(live)] if live else []:
+                if label in served:
+                    t = served[label].step()
+                    if t is None:
+                        errors[label] = served.pop(label).finish()
+                    else:
+                        times[label].append(t)
+        for label, sb in served.items():
+            finished[label] = sb.finish()
+        runs.append({"start_order": [label for label, _ in order],
+                     "step_seconds": {k: v for k, v in times.items() if k not in errors},
+                     "median_s": {k: _median(v) for k, v in times.items() if k not in errors and v}})
+    geo = {}
+    for label in labels:
+        medians = [run["median_s"][label] for run in runs if label in run["median_s"]]
+        if label not in errors and medians:
+            geo[label] = math.exp(statistics.fmean(math.log(m) for m in medians))
+    return {"runs": runs, "geometric_mean_s": geo, "results": finished, "errors": errors}
+
+
+def with_step_time(result: dict, seconds: float, step_seconds: list, w: Workload) -> dict:
+    """`result` with its throughput figures recomputed for a step time of `seconds`."""
+    out = dict(result)
+    flops = out.get("jaxpr_flops") or out.get("analytic_flops")
+    peak = out.get("mfu") and out.get("achieved_gflops") and (
+        out["achieved_gflops"] * 1e9 / out["mfu"])
+    out.update(s_per_step_median=seconds, step_seconds=step_seconds,
+               items_per_s=w.pairs / seconds, pairs_per_s=w.pairs / seconds,
+               tokens_per_s=w.dpo_tokens / seconds)
+    if "achieved_gflops" in out:
+        out["achieved_gflops"] = flops / seconds / 1e9 if flops else None
+        out["mfu"] = flops / seconds / peak if (flops and peak) else None
+    return out
+
+
+def balanced(remats: Sequence[str], baselines: list, w: Workload, steps: int, warmup: int,
+             timeout: float, extra: Sequence[str], ours_cmd) -> tuple[dict, dict]:
+    """`start_order_rounds` over our served step (one player per remat policy) and the
+    baselines. Returns ({remat: our timing}, {baseline: result}), s/step = the geometric mean
+    over start orders of each order's median."""
+    players, results = [], {}
+    for r in remats:
+        players.append((f"ours:{r}", ours_cmd(r)))
+    for b in baselines:
+        cmd, err = baseline_command(b, w, steps, warmup, serve=True, extra=extra)
+        if err:
+            results[b] = err
+        else:
+            players.append((b, cmd))
+    m = start_order_rounds(players, steps, timeout)
+    by_order = [{"start_order": run["start_order"], "median_s": run["median_s"]} for run in m["runs"]]
+
+    def pooled(label):
+        return [t for run in m["runs"] for t in run["step_seconds"].get(label, [])]
+
+    ours = {}
+    for r in remats:
+        label = f"ours:{r}"
+        if label in m["errors"]:
+            ours[r] = {"error": m["errors"][label].get("error", "failed")}
+        else:
+            ours[r] = {"geo": m["geometric_mean_s"][label], "step_seconds": pooled(label),
+                       "cpu": m["results"].get(label, {}).get("cpu_s_per_step_median"),
+                       "by_start_order": by_order}
+    for b in baselines:
+        if b in results:
+            continue
+        if b in m["errors"]:
+            results[b] = m["errors"][b]
+            continue
+        res = with_step_time(m["results"][b], m["geometric_mean_s"][b], pooled(b), w)
+        res["by_start_order"] = by_order
+        results[b] = res
+    return ours, results
+
+
 def missing_packages(name: str) -> list[str]:
     return [p for p in BASELINE_PACKAGES[name] if importlib.util.find_spec(p) is None]
 
@@ -856,7 +987,8 @@ def markdown(res: dict) -> str:
         f"prompt {w['prompt_len']} tokens (image + {w['prompt_len'] - w['image_tokens']} text), "
         f"chosen/rejected {w['response_len']} tokens each; {_dtype_words(res)}; AdamW, clip 1.0; "
         f"vision frozen; {_trained_words(res)}; reference online. "
-        f"Median over {res['steps']} steps after {res['warmup']} warm-up steps.",
+        f"Median over {res['steps']} steps after {res['warmup']} warm-up steps"
+        + (" per start order." if res.get("mode") == "balanced" else "."),
         "",
     ]
     dpo = res.get("dpo")
@@ -901,13 +1033,30 @@ def markdown(res: dict) -> str:
                 f"{r['compile_s']:.1f} | {_flops_cell(r)} | {_fmt(r.get('achieved_gflops'), '.1f')} | "
                 f"{_fmt(r.get('mfu'), '.1%')} |")
         lines.append("")
+    if res.get("mode") == "balanced" and dpo and dpo.get("by_start_order"):
+        orders = "; ".join(
+            " → ".join(o["start_order"]) + ": " + ", ".join(
+                f"{k} {v:.3f} s" for k, v in o["median_s"].items())
+            for o in dpo["by_start_order"])
+        ip = dpo.get("in_process_s_median")
+        lines.append("The DPO rows were measured interleaved, each implementation in its own "
+                     "process (ours too: `--serve-ours`): each round runs one step of every "
+                     "implementation (order rotating), so load changes on the shared machine hit "
+                     "all rows alike, and the whole measurement was repeated once per rotation of "
+                     "the order in which the processes start (on the 2-core VM of "
+                     "docs/PERFORMANCE.md the first-started JAX process ran 3-9 % slower). "
+                     "s/step is the geometric mean over the start orders of each order's median "
+                     f"(per start order: {orders})."
+                     + (f" Ours timed in the bench's own process afterwards: {ip:.3f} s/step."
+                        if ip is not None else ""))
+        lines.append("")
     if res.get("mode") == "interleaved" and res.get("baselines"):
         lines.append("The DPO rows were measured interleaved: each round runs one step of every "
                      "implementation (order rotating), each in its own process, so load changes "
                      "on the shared machine hit all rows alike. Ours runs in the bench's own "
                      "process, started before the baselines: on the 2-core VM of "
                      "docs/PERFORMANCE.md the first-started process ran our step 3-9 % slower; "
-                     "`benchmarks/spawn_order.py` balances the start order.")
+                     "`--start-orders balanced` (the default) balances the start order.")
         lines.append("")
     if dpo and len(dpo.get("medians_by_phase", {})) > 1:
         ph = "; ".join(f"{r.get('remat_policy')}: " + ", ".join(
@@ -990,6 +1139,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--sequential", action="store_true",
                     help="run each implementation's steps in one block (ours before and after the "
                          "baselines) instead of interleaving them step by step")
+    ap.add_argument("--start-orders", default="balanced", choices=("balanced", "first"),
+                    help="interleaved DPO comparison: 'balanced' serves ours from its own process "
+                         "too and repeats the measurement once per rotation of the processes' "
+                         "start order (s/step = geometric mean over the orders); 'first' runs "
+                         "ours in the bench's process, started before the baselines (quicker, "
+                         "biased where the first-started process runs slower)")
+    ap.add_argument("--serve-ours", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-eval", action="store_true", help="skip the forward-only DPO diagnostic")
     ap.add_argument("--remat", default="none",
                     help="model.remat_policy of the JAX train steps (none|full|dots|dots_no_batch); "
@@ -1022,6 +1178,8 @@ def main(argv=None) -> dict:
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    if args.serve_ours:
+        args.remat = args.remat.split(",")[0]
     remats = [r for r in args.remat.replace(" ", "").split(",") if r]
     for r in remats:
         if r not in ("none", "full", "dots", "dots_no_batch"):
@@ -1031,6 +1189,8 @@ def main(argv=None) -> dict:
     if backend != "cpu" and args.precision == "highest" and args.dtype == "float32":
         jax.config.update("jax_default_matmul_precision", "highest")   # a bf16 step stays bf16
     extra = baseline_args(backend, args.precision, args.lora, args.dtype)
+    if args.serve_ours:
+        return serve_ours(args)
     w = Workload(args.preset, args.pairs, args.prompt_text, args.response_len)
     whats = ("forward", "sft", "dpo") if args.what == "all" else (args.what,)
     baselines = [b for b in args.baselines.replace(" ", "").split(",") if b and b != "none"]
@@ -1052,8 +1212,19 @@ def main(argv=None) -> dict:
         res["sft"] = bench_train("sft", w, args.steps, args.warmup, eval_too=False, remat=remats[0],
                                 lora_rank=args.lora, dtype=args.dtype, attention=args.attention)
     if "dpo" in whats:
-        tbs = {r: TrainBench("dpo", w, r, args.lora, args.dtype, args.attention) for r in remats}
-        if args.sequential:
+        def make_tbs():
+            return {r: TrainBench("dpo", w, r, args.lora, args.dtype, args.attention) for r in remats}
+        served = None
+        if not args.sequential and baselines and args.start_orders == "balanced":
+            served, res["baselines"] = balanced(
+                remats, baselines, w, args.steps, args.warmup, args.baseline_timeout, extra,
+                lambda r: ours_command(w, args.warmup, r, args.lora, args.dtype, args.attention,
+                                       args.precision))
+            tbs = make_tbs()   # after: no idle JAX step of ours beside the served processes
+            for tb in tbs.values():
+                tb.timed(args.steps, args.warmup, "in-process")
+        elif args.sequential:
+            tbs = make_tbs()
             for tb in tbs.values():
                 tb.timed(args.steps, args.warmup, "before baselines")
             res["baselines"] = {b: run_baseline(b, w, args.steps, args.warmup, args.baseline_timeout,
@@ -1064,12 +1235,23 @@ def main(argv=None) -> dict:
                 for tb in tbs.values():
                     tb.timed(args.steps, 0, "after baselines")
         else:
+            tbs = make_tbs()
             res["baselines"] = interleaved(tbs, baselines, w, args.steps, args.warmup,
                                            args.baseline_timeout, extra)
-        res["mode"] = "sequential" if args.sequential else "interleaved"
+        res["mode"] = ("sequential" if args.sequential else
+                       "balanced" if served is not None else "interleaved")
         if not args.no_eval:
             tbs[remats[0]].time_forward_only(max(args.steps // 2, 1))
-        res["dpo"] = tbs[remats[0]].result()
+        results = {r: tb.result() for r, tb in tbs.items()}
+        for r, t in (served or {}).items():
+            if "error" in t:
+                results[r] = {**results[r], "error": f"served process: {t['error']}"}
+                continue
+            results[r]["in_process_s_median"] = results[r]["s_per_step_median"]
+            results[r] = with_step_time(results[r], t["geo"], t["step_seconds"], w)
+            results[r]["cpu_s_per_step_median"] = t["cpu"]
+            results[r]["by_start_order"] = t["by_start_order"]
+        res["dpo"] = results[remats[0]]
         if args.profile:
             try:
                 res["dpo"]["profile"] = profile_step(tbs[remats[0]], args.profile)
@@ -1080,7 +1262,7 @@ def main(argv=None) -> dict:
             res["dpo"]["impl"] += f" (remat={remats[0]})"
         res["dpo_variants"] = {}
         for r in remats[1:]:
-            v = tbs[r].result()
+            v = results[r]
             v["name"] = f"ours-remat-{r}"
             v["impl"] += f" (remat={r})"
             res["dpo_variants"][r] = v

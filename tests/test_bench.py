@@ -203,3 +203,28 @@ def test_spawn_order_starts_every_process_first_equally_often(tmp_path):
     assert sorted(out["by_start_position"]) == [1, 2]
     assert json.loads((tmp_path / "order.json").read_text())["geometric_mean_s"] == pytest.approx(
         out["geometric_mean_s"])
+
+
+def test_bench_balances_the_start_order_of_ours_and_the_baselines():
+    """Default interleaved comparison: ours served from its own process like the baselines,
+    the measurement repeated once per rotation of the start order (each started first once),
+    s/step = the geometric mean of the per-order medians; ours also timed in-process."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    res = bench.main(["--what", "dpo", "--preset", "tiny", "--steps", "2", "--warmup", "0",
+                      "--pairs", str(jax.device_count()), "--prompt-text", "8",
+                      "--response-len", "8", "--baselines", "torch", "--no-eval", "--no-write"])
+    assert res["mode"] == "balanced"
+    ours, torch_row = res["dpo"], res["baselines"]["torch"]
+    assert "error" not in ours and "error" not in torch_row, (ours.get("error"), torch_row.get("error"))
+    orders = [o["start_order"] for o in ours["by_start_order"]]
+    assert orders == [["ours:none", "torch"], ["torch", "ours:none"]]
+    for label, row in (("ours:none", ours), ("torch", torch_row)):
+        medians = [o["median_s"][label] for o in ours["by_start_order"]]
+        assert row["s_per_step_median"] == pytest.approx(math.sqrt(medians[0] * medians[1]))
+        assert row["pairs_per_s"] == pytest.approx(jax.device_count() / row["s_per_step_median"])
+        assert len(row["step_seconds"]) == 4                  # 2 steps × 2 start orders
+    assert ours["in_process_s_median"] > 0 and ours["trainable_params"] == torch_row["trainable_params"]
+    ratio = ours["pairs_per_s"] / torch_row["pairs_per_s"]
+    assert f"**{ratio:.2f}×**" in res["markdown"]
+    assert "repeated once per rotation of the order in which the processes start" in res["markdown"]
