@@ -22,6 +22,27 @@ def test_cell_labels_follow_the_patch_order():
     np.testing.assert_array_equal(colour, want_c)
 
 
+def test_head_labels_give_each_cell_its_object_and_place():
+    scene = {"grid": 3, "background": "dark gray",
+             "objects": [{"shape": "star", "color": "red", "row": 0, "col": 2},
+                         {"shape": "circle", "color": "blue", "row": 2, "col": 0}]}
+    from mmalign_jax.data.demo.shapes import COLOR_NAMES, SHAPES
+    y = vp.head_labels(scene)
+    assert set(y) == set(vp.HEADS)
+    np.testing.assert_array_equal(y["row"], [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(y["col"], [0, 1, 2] * 3)
+    star_red = SHAPES.index("star") * len(COLOR_NAMES) + COLOR_NAMES.index("red") + 1
+    circle_blue = SHAPES.index("circle") * len(COLOR_NAMES) + COLOR_NAMES.index("blue") + 1
+    want = np.zeros(9, int)
+    want[2], want[6] = star_red, circle_blue
+    np.testing.assert_array_equal(y["object"], want)
+    for h, n in vp.HEADS.items():       # every label fits its head
+        assert 0 <= y[h].min() and y[h].max() < n, h
+    # distinct (shape, colour) pairs get distinct object classes
+    classes = {s * len(COLOR_NAMES) + c + 1 for s in range(len(SHAPES)) for c in range(len(COLOR_NAMES))}
+    assert len(classes) == len(SHAPES) * len(COLOR_NAMES) == vp.HEADS["object"] - 1
+
+
 def test_pretraining_learns_and_is_cached(tmp_path):
     cfg = presets.get_preset("tiny")
     recs = demo_gen.make_sft_records(200, seed=3)
@@ -31,6 +52,7 @@ def test_pretraining_learns_and_is_cached(tmp_path):
     params, m = vp.pretrain(cfg, recs, steps=60, batch_size=32)
     # chance: colour 1/8 per cell class, but 5+ of 9 cells are empty -> majority ≈ 0.7
     assert m["eval/colour_accuracy"] > 0.9, m
+    assert {f"eval/{h}_accuracy" for h in vp.HEADS} <= set(m)
     saved = vp.pretrained_vision_tower(cfg, str(path), str(tmp_path / "vp"), steps=5)
     again = vp.pretrained_vision_tower(cfg, str(path), str(tmp_path / "vp"), steps=999)
     import jax

@@ -511,7 +511,7 @@ def test_demo_sft_stage_takes_the_command_lines_settings():
         c.workdir = "/w"
         assert c.model.init_from == defaults.DEMO_SFT
         s = defaults.demo_sft_stage(c, "/d")
-        assert (s.train.max_steps, s.train.global_batch_size, s.optim.train_vision) == (2400, 8, False)
+        assert (s.train.max_steps, s.train.global_batch_size, s.optim.train_vision) == (4800, 8, False)
         c.demo_sft.train.max_steps, c.demo_sft.optim.lr = 7, 1e-4
         s = defaults.demo_sft_stage(c, "/d")
         assert (s.method, s.train.max_steps, s.optim.lr) == ("sft", 7, 1e-4)

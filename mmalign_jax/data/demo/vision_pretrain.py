@@ -5,10 +5,16 @@ through the language-model loss alone, the tiny ViT learned almost nothing in th
 budget: its projected features collapsed to a large constant (norm ≈ 38 against ≈ 4 of
 image-dependent signal after 200 SFT steps) and greedy answers were at chance on colour and
 existence. So, as CLIP is pretrained on images before LLaVA is built on it, the demo's
-`VisionTower` is pretrained here on what each grid cell holds (shape and colour, or
-nothing) with two linear heads on the features LLaVA reads (`vision_feature_layer`), then
-handed to the SFT stage (`model.vision_init`). The heads are thrown away; the language model
-still has to learn to read the features, from the SFT data.
+`VisionTower` is pretrained here with linear heads on the features LLaVA reads
+(`vision_feature_layer`), then handed to the SFT stage (`model.vision_init`). The heads
+(`HEADS`) ask what each grid cell holds — its shape, its colour, and the two together as one
+object class (or nothing) — and where the cell is (its row and column), because CLIP's
+patch features carry both what and where, and the position and existence questions need
+where and the colour-shape conjunction: with shape and colour heads only, the demo SFT
+model's greedy answers were right on 0.28 of held-out position questions, and its DPO
+policy ranked the right position above the wrong one in about half the held-out pairs
+(chance). The heads are thrown away; the language model still has to learn to read the
+features, from the SFT data.
 
 With the `tiny` preset (48-px images, 16-px patches) every image token is exactly one cell.
 """
@@ -32,6 +38,11 @@ log = logging.getLogger("mmalign_jax.demo")
 PARAMS_FILE = "vision_tower.msgpack"
 
 
+# head name -> number of classes (0 = empty cell for the content heads)
+HEADS = {"shape": len(SHAPES) + 1, "colour": len(COLOR_NAMES) + 1,
+         "object": len(SHAPES) * len(COLOR_NAMES) + 1, "row": GRID, "col": GRID}
+
+
 def cell_labels(scene: Mapping) -> tuple[np.ndarray, np.ndarray]:
     """(shape, colour) class per grid cell in row-major order; 0 = empty cell."""
     s = Scene.from_json(scene)
@@ -43,22 +54,30 @@ def cell_labels(scene: Mapping) -> tuple[np.ndarray, np.ndarray]:
     return shape, colour
 
 
+def head_labels(scene: Mapping) -> dict[str, np.ndarray]:
+    """The class of every grid cell (row-major) for each head of `HEADS`."""
+    shape, colour = cell_labels(scene)
+    obj = np.where(shape > 0, (shape - 1) * len(COLOR_NAMES) + colour, 0).astype(np.int32)
+    cell = np.arange(GRID * GRID, dtype=np.int32)
+    return {"shape": shape, "colour": colour, "object": obj, "row": cell // GRID,
+            "col": cell % GRID}
+
+
 def _examples(records: Iterable[Mapping], image_size: int, image_mode: str):
     from mmalign_jax.data.images import preprocess
     from .generate import record_image
 
-    pix, shapes, colours = [], [], []
+    pix, labels = [], {h: [] for h in HEADS}
     for r in records:
         scene = (r.get("meta") or {}).get("scene")
         if scene is None:
             continue
         pix.append(preprocess(record_image(dict(r), size=64), image_size, image_mode))
-        s, c = cell_labels(scene)
-        shapes.append(s)
-        colours.append(c)
+        for h, y in head_labels(scene).items():
+            labels[h].append(y)
     if not pix:
         raise ValueError("no demo records with meta.scene to pretrain the vision tower on")
-    return np.stack(pix), np.stack(shapes), np.stack(colours)
+    return np.stack(pix), {h: np.stack(y) for h, y in labels.items()}
 
 
 def _cells_per_token(cfg) -> int:
@@ -73,11 +92,11 @@ def _cells_per_token(cfg) -> int:
 def pretrain(cfg, records: Sequence[Mapping], *, steps: int = 300, batch_size: int = 64,
              lr: float = 3e-3, seed: int = 0, image_mode: str = "pad",
              init_params=None) -> tuple[dict, dict]:
-    """(vision_tower params, metrics): per-cell shape/colour classification from scratch (or
-    from `init_params`). Metrics hold the held-out (last 10 %) cell accuracies."""
+    """(vision_tower params, metrics): per-cell classification by every head of `HEADS`,
+    from scratch (or from `init_params`). Metrics hold the held-out (last 10 %) accuracies."""
     from mmalign_jax.models.vision import VisionTower
 
-    pix, shapes, colours = _examples(records, cfg.vision.image_size, image_mode)
+    pix, labels = _examples(records, cfg.vision.image_size, image_mode)
     k = _cells_per_token(cfg)
     n_eval = max(1, len(pix) // 10)
     tower = VisionTower(cfg)
@@ -88,9 +107,8 @@ def pretrain(cfg, records: Sequence[Mapping], *, steps: int = 300, batch_size: i
     params = jax.tree.map(lambda x: getattr(x, "value", x), params,
                           is_leaf=lambda x: hasattr(x, "value"))
     d = cfg.vision.hidden_size
-    ks, kc = jax.random.split(k_heads)
-    heads = {"shape": jax.random.normal(ks, (d, len(SHAPES) + 1)) * d ** -0.5,
-             "colour": jax.random.normal(kc, (d, len(COLOR_NAMES) + 1)) * d ** -0.5}
+    heads = {h: jax.random.normal(kh, (d, n)) * d ** -0.5
+             for (h, n), kh in zip(HEADS.items(), jax.random.split(k_heads, len(HEADS)))}
     state = {"tower": params, "heads": heads}
     opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), steps),
                       weight_decay=0.0)
@@ -98,38 +116,35 @@ def pretrain(cfg, records: Sequence[Mapping], *, steps: int = 300, batch_size: i
 
     def cells(feats):  # [N, side*side, D] -> [N, 9, D] (mean over each cell's patches)
         n, t, dd = feats.shape
-        side = int(round(t ** 0.5))
         f = feats.reshape(n, GRID, k, GRID, k, dd).mean(axis=(2, 4))
         return f.reshape(n, GRID * GRID, dd)
 
-    def loss_fn(state, x, ys, yc):
+    def loss_fn(state, x, ys):
         f = cells(tower.apply({"params": state["tower"]}, x))
-        ls = optax.softmax_cross_entropy_with_integer_labels(f @ state["heads"]["shape"], ys)
-        lc = optax.softmax_cross_entropy_with_integer_labels(f @ state["heads"]["colour"], yc)
-        return ls.mean() + lc.mean()
+        return sum(optax.softmax_cross_entropy_with_integer_labels(
+            f @ state["heads"][h], ys[h]).mean() for h in HEADS)
 
     @jax.jit
-    def step(state, opt_state, x, ys, yc):
-        loss, g = jax.value_and_grad(loss_fn)(state, x, ys, yc)
+    def step(state, opt_state, x, ys):
+        loss, g = jax.value_and_grad(loss_fn)(state, x, ys)
         upd, opt_state = opt.update(g, opt_state, state)
         return optax.apply_updates(state, upd), opt_state, loss
 
     @jax.jit
-    def accuracy(state, x, ys, yc):
+    def accuracy(state, x, ys):
         f = cells(tower.apply({"params": state["tower"]}, x))
-        return (jnp.mean(jnp.argmax(f @ state["heads"]["shape"], -1) == ys),
-                jnp.mean(jnp.argmax(f @ state["heads"]["colour"], -1) == yc))
+        return {h: jnp.mean(jnp.argmax(f @ state["heads"][h], -1) == ys[h]) for h in HEADS}
 
     n_train = len(pix) - n_eval
     rng = np.random.default_rng(np.asarray(jax.random.key_data(k_data))[-1])
     loss = float("nan")
     for _ in range(steps):
         idx = rng.integers(0, n_train, batch_size)
-        state, opt_state, loss = step(state, opt_state, pix[idx], shapes[idx], colours[idx])
-    acc_s, acc_c = accuracy(state, pix[n_train:], shapes[n_train:], colours[n_train:])
-    metrics = {"loss": float(loss), "eval/shape_accuracy": float(acc_s),
-               "eval/colour_accuracy": float(acc_c), "steps": steps,
-               "examples": int(n_train), "eval_examples": int(n_eval)}
+        state, opt_state, loss = step(state, opt_state, pix[idx],
+                                      {h: y[idx] for h, y in labels.items()})
+    acc = accuracy(state, pix[n_train:], {h: y[n_train:] for h, y in labels.items()})
+    metrics = {"loss": float(loss), **{f"eval/{h}_accuracy": float(a) for h, a in acc.items()},
+               "steps": steps, "examples": int(n_train), "eval_examples": int(n_eval)}
     log.info("vision pretraining: %s", metrics)
     return state["tower"], metrics
 
