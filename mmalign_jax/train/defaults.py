@@ -117,11 +117,11 @@ def apply_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
     set its pace. Measured on 256 held-out questions (greedy, `answer_quality`), same 19,200
     examples: batch 32 × 600 steps with the tower trained, accuracy 0.34 (colour 0.16);
     frozen tower, batch 16 × 1,200: 0.45 (colour 0.40); batch 8 × 2,400: 0.47 (colour 0.61).
-    Re-measured later (64 new tokens; one run each): batch 8 × 2,400: 0.32 (colour 0.09,
-    position 0.28); the same with the vision tower's position heads: 0.39; and 4,800 steps:
-    0.59 (colour 0.77, position 0.57). Held-out loss 0.59 → 0.43, most of the fall between
-    steps 2,000 and 3,600: the grounding is learnt late, so the demo pays for the steps
-    (DPO's held-out reward accuracy rests on it: docs/RESULTS.md)."""
+    Re-measured later (64 new tokens): batch 8 × 2,400: 0.32 (colour 0.09, position 0.28);
+    the same with the vision tower's position heads: 0.39; and 4,800 steps: 0.52 and 0.59 in
+    two runs (colour 0.65 / 0.77, position 0.62 / 0.57). Most of the fall in held-out loss
+    comes between steps 2,000 and 3,600: the grounding is learnt late, so the demo pays for
+    the steps (DPO's held-out reward accuracy rests on it: README, "The demo")."""
     c.lora.enabled = False
     c.model.vision_init = DEMO_VISION  # a "pretrained CLIP" for the demo (vision_pretrain.py)
     c.optim.lr = 2e-3
