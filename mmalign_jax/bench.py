@@ -681,12 +681,12 @@ def start_order_rounds(players: Sequence[tuple[str, list]], rounds: int, timeout
     return {"runs": runs, "geometric_mean_s": geo, "results": finished, "errors": errors}
 
 
-def with_step_time(result: dict, seconds: float, step_seconds: list, w: Workload) -> dict:
-    """`result` with its throughput figures recomputed for a step time of `seconds`."""
+def with_step_time(result: dict, seconds: float, step_seconds: list, w: Workload,
+                   peak: float | None = None) -> dict:
+    """`result` with its throughput figures recomputed for a step time of `seconds` (and its
+    FLOP rate / MFU, where it has them, against `peak` FLOP/s)."""
     out = dict(result)
     flops = out.get("jaxpr_flops") or out.get("analytic_flops")
-    peak = out.get("mfu") and out.get("achieved_gflops") and (
-        out["achieved_gflops"] * 1e9 / out["mfu"])
     out.update(s_per_step_median=seconds, step_seconds=step_seconds,
                items_per_s=w.pairs / seconds, pairs_per_s=w.pairs / seconds,
                tokens_per_s=w.dpo_tokens / seconds)
@@ -734,7 +734,7 @@ def balanced(remats: Sequence[str], baselines: list, w: Workload, steps: int, wa
         res = with_step_time(m["results"][b], m["geometric_mean_s"][b], pooled(b), w)
         res["by_start_order"] = by_order
         results[b] = res
-    return ours, results
+    return ours, {b: results[b] for b in baselines}
 
 
 def missing_packages(name: str) -> list[str]:
@@ -1248,7 +1248,8 @@ def main(argv=None) -> dict:
                 results[r] = {**results[r], "error": f"served process: {t['error']}"}
                 continue
             results[r]["in_process_s_median"] = results[r]["s_per_step_median"]
-            results[r] = with_step_time(results[r], t["geo"], t["step_seconds"], w)
+            results[r] = with_step_time(results[r], t["geo"], t["step_seconds"], w,
+                                        peak_flops(jax.devices()[0]))
             results[r]["cpu_s_per_step_median"] = t["cpu"]
             results[r]["by_start_order"] = t["by_start_order"]
         res["dpo"] = results[remats[0]]
