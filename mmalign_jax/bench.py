@@ -331,15 +331,17 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def _rates(seconds, items_per_step, tokens_per_step, flops, peak):
+    """Throughput figures of a step that takes `seconds` (FLOP rate and MFU where known)."""
+    return {"s_per_step_median": seconds, "items_per_s": items_per_step / seconds,
+            "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / seconds,
+            "achieved_gflops": flops / seconds / 1e9 if flops else None,
+            "mfu": (flops / seconds / peak) if (flops and peak) else None}
+
+
 def _summary(times, items_per_step, tokens_per_step, flops, device):
-    med = _median(times)
-    peak = peak_flops(device)
-    out = {"s_per_step_median": med, "step_seconds": times,
-           "items_per_s": items_per_step / med, "tokens_per_step": tokens_per_step,
-           "tokens_per_s": tokens_per_step / med,
-           "achieved_gflops": flops / med / 1e9 if flops else None,
-           "mfu": (flops / med / peak) if (flops and peak) else None}
-    return out
+    return {**_rates(_median(times), items_per_step, tokens_per_step, flops, peak_flops(device)),
+            "step_seconds": times}
 
 
 def bench_forward(w: Workload, steps: int, warmup: int, dtype: str = "float32",
@@ -683,17 +685,11 @@ def start_order_rounds(players: Sequence[tuple[str, list]], rounds: int, timeout
 
 def with_step_time(result: dict, seconds: float, step_seconds: list, w: Workload,
                    peak: float | None = None) -> dict:
-    """`result` with its throughput figures recomputed for a step time of `seconds` (and its
-    FLOP rate / MFU, where it has them, against `peak` FLOP/s)."""
-    out = dict(result)
-    flops = out.get("jaxpr_flops") or out.get("analytic_flops")
-    out.update(s_per_step_median=seconds, step_seconds=step_seconds,
-               items_per_s=w.pairs / seconds, pairs_per_s=w.pairs / seconds,
-               tokens_per_s=w.dpo_tokens / seconds)
-    if "achieved_gflops" in out:
-        out["achieved_gflops"] = flops / seconds / 1e9 if flops else None
-        out["mfu"] = flops / seconds / peak if (flops and peak) else None
-    return out
+    """`result` with its throughput figures recomputed for a step time of `seconds` (FLOP
+    rate and MFU from its own FLOP count, none for a baseline, against `peak` FLOP/s)."""
+    flops = result.get("jaxpr_flops") or result.get("analytic_flops")
+    return {**result, **_rates(seconds, w.pairs, w.dpo_tokens, flops, peak),
+            "step_seconds": step_seconds, "pairs_per_s": w.pairs / seconds}
 
 
 def balanced(remats: Sequence[str], baselines: list, w: Workload, steps: int, warmup: int,
