@@ -38,9 +38,16 @@ def test_head_labels_give_each_cell_its_object_and_place():
     np.testing.assert_array_equal(y["object"], want)
     for h, n in vp.HEADS.items():       # every label fits its head
         assert 0 <= y[h].min() and y[h].max() < n, h
-    # distinct (shape, colour) pairs get distinct object classes
-    classes = {s * len(COLOR_NAMES) + c + 1 for s in range(len(SHAPES)) for c in range(len(COLOR_NAMES))}
-    assert len(classes) == len(SHAPES) * len(COLOR_NAMES) == vp.HEADS["object"] - 1
+    # every (shape, colour) pair gets its own object class, and the classes fill 1..N
+    pairs = [(sh, co) for sh in SHAPES for co in COLOR_NAMES]
+    seen = {}
+    for k in range(0, len(pairs), 9):
+        chunk = pairs[k:k + 9]
+        objs = [{"shape": sh, "color": co, "row": i // 3, "col": i % 3}
+                for i, (sh, co) in enumerate(chunk)]
+        got = vp.head_labels({"grid": 3, "background": "dark gray", "objects": objs})["object"]
+        seen.update({pair: int(got[i]) for i, pair in enumerate(chunk)})
+    assert sorted(seen.values()) == list(range(1, vp.HEADS["object"]))
 
 
 def test_pretraining_learns_and_is_cached(tmp_path):
