@@ -294,12 +294,12 @@ def train(c) -> dict:
     parallel.maybe_initialize_distributed()
     defaults.validate(c, jax.device_count())
     os.makedirs(c.workdir, exist_ok=True)
-    t_start = time.perf_counter()
     if c.model.init_from == defaults.DEMO_SFT:
         sft = defaults.demo_sft_stage(c, data_lib.demo_data_dir(c))
         log.info("demo: training (or reusing) the SFT model in %s first", sft.workdir)
         train(sft)
         c.model.init_from = sft.workdir
+    t_start = time.perf_counter()   # this run's own time (the demo SFT stage reports its own)
     if jax.process_index() == 0:  # after resolving init_from: a later run may start from us
         with open(os.path.join(c.workdir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=2))
