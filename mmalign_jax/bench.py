@@ -34,6 +34,11 @@ What is timed
   (ours in the bench's process, started first); `--sequential` runs each in one block
   (ours before and after the baselines). A baseline whose packages are missing is reported
   as such, never estimated.
+* host memory: the library sets glibc's malloc to keep each step's memory in the process
+  (`mmalign_jax/host_malloc.py`); every child process — the baselines and our served step —
+  starts with the same settings through `GLIBC_TUNABLES` (`--baseline-malloc same`, the
+  default), as they speed up the PyTorch steps alike; `--baseline-malloc default` leaves
+  the baselines on glibc's defaults, as a PyTorch user runs them.
 * `--profile DIR`: one traced step (jax.profiler, XLA op level), op time by phase · module.
 
 `main(argv)` returns the results dict (the test calls it); `--write FILE` replaces the part
@@ -780,6 +785,30 @@ def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: boo
     return cmd + (["--serve"] if serve else []), None
 
 
+# `--baseline-malloc`: whether child processes start with this process's glibc malloc settings.
+SAME_MALLOC = {"on": True}
+
+
+def child_env() -> dict:
+    """Environment of a benchmark child process: with `SAME_MALLOC`, `GLIBC_TUNABLES` carrying
+    the malloc settings `host_malloc` applied here, so a baseline runs under the allocator
+    settings ours runs under (they sped the lean PyTorch step up 1.18x on the EPYC VM)."""
+    from mmalign_jax import host_malloc
+    env = dict(os.environ)
+    tunables = host_malloc.glibc_tunables(env) if SAME_MALLOC["on"] else env.get("GLIBC_TUNABLES", "")
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    return env
+
+
+def malloc_words(m: dict) -> str:
+    if not m.get("malloc"):
+        return "glibc malloc as it comes on every side"
+    where = "on every side (the baselines through `GLIBC_TUNABLES`)" if m.get("malloc_on_baselines") \
+        else "for ours only (the baselines on glibc's defaults: `--baseline-malloc default`)"
+    return f"glibc malloc {', '.join(m['malloc'])} (`host_malloc.py`) {where}"
+
+
 def _json_lines(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
@@ -813,7 +842,8 @@ def run_baseline(name: str, w: Workload, steps: int, warmup: int, timeout: float
     log.info("running %s", " ".join(cmd[1:]))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env=child_env())
     except subprocess.TimeoutExpired:
         return {"name": name, "what": "dpo", "error": f"timed out after {timeout:.0f}s",
                 "command": " ".join(cmd[1:])}
@@ -836,7 +866,8 @@ class ServedBaseline:
         self.t0 = time.perf_counter()
         log.info("starting %s", " ".join(cmd[1:]))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True, cwd=REPO, bufsize=1)
+                                     stderr=self.err, text=True, cwd=REPO, bufsize=1,
+                                     env=child_env())
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.summary, self.error, self.times, self.cpu = None, None, [], []
 
@@ -905,6 +936,7 @@ class ServedBaseline:
 
 def machine_info() -> dict:
     import jax
+    from mmalign_jax import host_malloc
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -925,6 +957,7 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "jax_backend": jax.default_backend(), "device": f"{d.platform}:{getattr(d, 'device_kind', '')}",
             "n_devices": jax.device_count(), "versions": versions,
+            "malloc": list(host_malloc.applied), "malloc_on_baselines": SAME_MALLOC["on"],
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -975,7 +1008,8 @@ def markdown(res: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores visible; JAX backend `{m['jax_backend']}` "
         f"({m['device']}, {m['n_devices']} device(s)); jax {v.get('jax')}, flax {v.get('flax')}, "
-        f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}. "
+        f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}; "
+        f"{malloc_words(m)}. "
         f"Load average before/after: {res['load_before']} / {res['load_after']} "
         "(the machine is shared: compare rows of the same run only).",
         "",
@@ -1141,6 +1175,10 @@ def main(argv=None) -> dict:
                          "start order (s/step = geometric mean over the orders); 'first' runs "
                          "ours in the bench's process, started before the baselines (quicker, "
                          "biased where the first-started process runs slower)")
+    ap.add_argument("--baseline-malloc", default="same", choices=("same", "default"),
+                    help="'same': the baselines start with the glibc malloc settings the library "
+                         "sets for ours (mmalign_jax/host_malloc.py); 'default': glibc's own, "
+                         "as a PyTorch user runs them")
     ap.add_argument("--serve-ours", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-eval", action="store_true", help="skip the forward-only DPO diagnostic")
     ap.add_argument("--remat", default="none",
@@ -1168,6 +1206,7 @@ def main(argv=None) -> dict:
                    help="replace the bench section of FILE (e.g. docs/PERFORMANCE.md)")
     g.add_argument("--no-write", action="store_true", help="only print (the default)")
     args = ap.parse_args(argv)
+    SAME_MALLOC["on"] = args.baseline_malloc == "same"
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                             datefmt="%H:%M:%S")

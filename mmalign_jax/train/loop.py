@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from mmalign_jax import parallel
+from mmalign_jax import host_malloc, parallel
 from mmalign_jax.models import config as config_lib
 from mmalign_jax.models import llava as llava_lib
 from mmalign_jax.models import lora as lora_lib
@@ -313,6 +313,10 @@ def train(c) -> dict:
              c.model.preset if not c.model.hf_checkpoint else c.model.hf_checkpoint,
              _count(run.state.trainable) / 1e6, _count(run.frozen) / 1e6, dict(run.mesh.shape),
              total_steps, steps_per_epoch)
+    if host_malloc.applied:
+        log.info("glibc malloc: %s set, so each step's memory stays in the process "
+                 "(mmalign_jax/host_malloc.py; %s=0 turns this off)",
+                 ", ".join(host_malloc.applied), host_malloc.OPT_OUT)
 
     ckpt = ckpt_lib.Checkpointer(c.workdir, c.train.keep_checkpoints, c.train.checkpoint_every,
                                  c.train.async_checkpointing)

@@ -1,0 +1,99 @@
+"""glibc malloc settings the library sets where JAX runs on the CPU: keep each step's memory.
+
+XLA:CPU allocates a train step's temporaries as one block (1.48 GB for `bench-small`'s DPO
+step) and frees it when the step ends. glibc serves a block that big with `mmap` and gives it
+back with `munmap`, so every step faults in ~1.5 GB of fresh zeroed pages (≈ 360k minor
+faults), and on a VM whose balloon driver reports freed pages to the host, pages freed during
+an idle pause cost more again. Measured on the 2-core EPYC VM of docs/PERFORMANCE.md
+(`bench-small` DPO step, same process, one setting after the other): 3.15-3.40 s/step as glibc
+comes, 2.9-3.0 s with the three settings below (minor faults over 9 steps 3.76M → 0.95M); after a
+6 s idle pause 3.2-3.7 s → 2.9-3.1 s. On an Intel Xeon VM (session 9) the same settings, set
+through `GLIBC_TUNABLES`, did not change the step.
+
+The settings: every thread allocates from the main arena (`M_ARENA_MAX=1`: a per-thread arena
+can only `mmap` a block over 64 MB), no `mmap` for big blocks (`M_MMAP_MAX=0`) and no
+returning freed memory to the OS (`M_TRIM_THRESHOLD` at its maximum, 2 GiB): the block freed
+by one step is the block the next step gets. The cost: the process keeps its peak memory
+(peak RSS of that benchmark process 2.9 → 3.9 GB).
+
+They must be set before JAX starts its CPU client (its worker threads pick their arena at
+their first allocation): importing `mmalign_jax` first is enough, as for `xla_flags`. Only on
+Linux with glibc, where JAX will run on the CPU (no CUDA plugin or TPU runtime it could use,
+or `JAX_PLATFORMS=cpu`); left alone where `GLIBC_TUNABLES` already sets malloc tunables, and
+`MMALIGN_JAX_MALLOC_DEFAULTS=0` turns them off.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import platform
+import sys
+from typing import MutableMapping, Optional
+
+from mmalign_jax import xla_flags
+
+OPT_OUT = "MMALIGN_JAX_MALLOC_DEFAULTS"
+
+# mallopt(3) parameters (malloc.h), the values set (C ints) and the same as glibc tunables.
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+SETTINGS = (("M_ARENA_MAX", M_ARENA_MAX, 1, "glibc.malloc.arena_max"),
+            ("M_MMAP_MAX", M_MMAP_MAX, 0, "glibc.malloc.mmap_max"),
+            ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, 2**31 - 1, "glibc.malloc.trim_threshold"))
+
+# What `apply_defaults` set in this process (the names glibc accepted); logged by the trainer.
+applied: list[str] = []
+
+
+def tpu_runtime_installed() -> bool:
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def cpu_backend_expected(environ: MutableMapping[str, str], accelerator: Optional[bool] = None) -> bool:
+    """JAX will run on the CPU: `JAX_PLATFORMS` names only `cpu`, or no CUDA plugin or TPU
+    runtime is installed (`accelerator`, detected when None) that it could use instead."""
+    platforms = {x.strip().lower() for x in environ.get("JAX_PLATFORMS", "").split(",") if x.strip()}
+    if platforms and platforms <= {"cpu"}:
+        return True
+    return not (_accelerator() if accelerator is None else accelerator)
+
+
+def _accelerator() -> bool:
+    return xla_flags.cuda_plugin_installed() or tpu_runtime_installed()
+
+
+def wanted(environ: MutableMapping[str, str], accelerator: Optional[bool] = None) -> bool:
+    """Whether `apply_defaults` should set the settings in this process (see the module doc)."""
+    if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    return cpu_backend_expected(environ, accelerator)
+
+
+def apply_defaults(environ: MutableMapping[str, str] = os.environ,
+                   accelerator: Optional[bool] = None) -> list[str]:
+    """Set `SETTINGS` with mallopt(3) where `wanted`, unless JAX's backends are already up (too
+    late: its threads have their arenas). Returns the names of the settings glibc accepted."""
+    if not wanted(environ, accelerator) or xla_flags.backends_started():
+        return []
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return []
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    done = [name for name, param, value, _ in SETTINGS if mallopt(param, value) == 1]
+    applied.extend(n for n in done if n not in applied)
+    return done
+
+
+def glibc_tunables(environ: MutableMapping[str, str] = os.environ) -> str:
+    """`GLIBC_TUNABLES` for a child process that is not ours (a benchmark baseline) so that it
+    starts with the settings this process has (`applied`), kept with any non-malloc tunables
+    of `environ`; '' when none were applied."""
+    mine = [f"{tunable}={value}" for name, _, value, tunable in SETTINGS if name in applied]
+    if not mine:
+        return environ.get("GLIBC_TUNABLES", "")
+    return ":".join([t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t] + mine)

@@ -1,0 +1,67 @@
+"""host_malloc: where the library sets glibc's malloc, and that a freed step block is reused."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from mmalign_jax import host_malloc
+
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
+def test_wanted_only_where_jax_runs_on_the_cpu_and_nobody_said_otherwise():
+    assert host_malloc.wanted({}, accelerator=False)
+    assert not host_malloc.wanted({}, accelerator=True)               # a GPU/TPU runtime is there
+    assert host_malloc.wanted({"JAX_PLATFORMS": "cpu"}, accelerator=True)
+    assert not host_malloc.wanted({"JAX_PLATFORMS": "cuda,cpu"}, accelerator=True)
+    assert host_malloc.wanted({"JAX_PLATFORMS": "cuda,cpu"}, accelerator=False)
+    for off in ("0", "false", "off"):
+        assert not host_malloc.wanted({host_malloc.OPT_OUT: off}, accelerator=False)
+    assert not host_malloc.wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, accelerator=False)
+    assert host_malloc.wanted({"GLIBC_TUNABLES": "glibc.cpu.x86_rep_movsb_threshold=2048"},
+                              accelerator=False)
+
+
+# A jitted function whose 128 MiB output is allocated, written and freed on every call: the
+# minor page faults of the later calls tell whether the freed block came back from the process
+# (settings on) or as fresh pages from the kernel (glibc's default: mmap/munmap per call).
+_PROBE = r"""
+import json, os, resource, sys
+import mmalign_jax
+from mmalign_jax import host_malloc
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: x * 2.0)
+x = jnp.ones((32 * 1024 * 1024,), jnp.float32)
+for _ in range(5):
+    f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    f(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+print(json.dumps({"faults_per_call": faults, "applied": host_malloc.applied,
+                  "late": host_malloc.apply_defaults()}))
+"""
+
+
+def _probe(**env):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("GLIBC_TUNABLES", host_malloc.OPT_OUT, "JAX_PLATFORMS")}
+    out = subprocess.run([sys.executable, "-c", _PROBE], env={**base, "JAX_PLATFORMS": "cpu", **env},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
+def test_a_freed_step_block_is_reused_instead_of_faulted_in_again():
+    pages = 128 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
+    on = _probe()
+    off = _probe(**{host_malloc.OPT_OUT: "0"})
+    assert off["faults_per_call"] > 0.5 * pages, off     # glibc as it comes: fresh pages per call
+    assert on["faults_per_call"] < 0.05 * pages, on      # the library's settings: none
+    assert on["applied"] == [s[0] for s in host_malloc.SETTINGS] and off["applied"] == []
+    assert on["late"] == []                              # once JAX runs, setting them is too late
