@@ -3,18 +3,19 @@
 XLA:CPU allocates a train step's temporaries as one block (1.48 GB for `bench-small`'s DPO
 step) and frees it when the step ends. glibc serves a block that big with `mmap` and gives it
 back with `munmap`, so every step faults in ~1.5 GB of fresh zeroed pages (≈ 360k minor
-faults), and on a VM whose balloon driver reports freed pages to the host, pages freed during
-an idle pause cost more again. Measured on the 2-core EPYC VM of docs/PERFORMANCE.md
-(`bench-small` DPO step, same process, one setting after the other): 3.15-3.40 s/step as glibc
-comes, 2.9-3.0 s with the three settings below (minor faults over 9 steps 3.76M → 0.95M); after a
-6 s idle pause 3.2-3.7 s → 2.9-3.1 s. On an Intel Xeon VM (session 9) the same settings, set
-through `GLIBC_TUNABLES`, did not change the step.
+faults), and after an idle pause (evaluation, a checkpoint, another process's turn) the same
+pages cost more again: on the 2-core AMD EPYC VM of docs/PERFORMANCE.md, a step after a 6 s
+pause took 3.2-3.9 s against 3.2-3.4 s back to back. With the three settings below: 2.9-3.0 s
+either way (minor faults over 9 steps 3.76M → 0.95M); taking turns with other processes, as
+the benchmark's interleaved rounds do, 4.215 → 3.141 s/step (`benchmarks/spawn_order.py`).
+In an earlier session (7), on the machine of that day, the same settings set through
+`GLIBC_TUNABLES` did not change the step.
 
 The settings: every thread allocates from the main arena (`M_ARENA_MAX=1`: a per-thread arena
 can only `mmap` a block over 64 MB), no `mmap` for big blocks (`M_MMAP_MAX=0`) and no
 returning freed memory to the OS (`M_TRIM_THRESHOLD` at its maximum, 2 GiB): the block freed
 by one step is the block the next step gets. The cost: the process keeps its peak memory
-(peak RSS of that benchmark process 2.9 → 3.9 GB).
+(`bench-small`'s DPO step in one process: peak RSS 2.9 → 3.9 GB).
 
 They must be set before JAX starts its CPU client (its worker threads pick their arena at
 their first allocation): importing `mmalign_jax` first is enough, as for `xla_flags`. Only on
