@@ -803,6 +803,8 @@ def child_env() -> dict:
 
 def malloc_words(m: dict) -> str:
     if not m.get("malloc"):
+        if "glibc.malloc." in m.get("glibc_tunables", ""):
+            return f"glibc malloc as `GLIBC_TUNABLES={m['glibc_tunables']}` sets it"
         return "glibc malloc as it comes on every side"
     where = "on every side (the baselines through `GLIBC_TUNABLES`)" if m.get("malloc_on_baselines") \
         else "for ours only (the baselines on glibc's defaults: `--baseline-malloc default`)"
@@ -958,6 +960,7 @@ def machine_info() -> dict:
             "jax_backend": jax.default_backend(), "device": f"{d.platform}:{getattr(d, 'device_kind', '')}",
             "n_devices": jax.device_count(), "versions": versions,
             "malloc": list(host_malloc.applied), "malloc_on_baselines": SAME_MALLOC["on"],
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 

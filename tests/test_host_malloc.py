@@ -1,15 +1,14 @@
 """host_malloc: where the library sets glibc's malloc, and that a freed step block is reused."""
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from mmalign_jax import host_malloc
+from mmalign_jax import bench, host_malloc
 
-GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+GLIBC = sys.platform.startswith("linux") and host_malloc.glibc()
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
@@ -29,14 +28,18 @@ def test_wanted_only_where_jax_runs_on_the_cpu_and_nobody_said_otherwise():
 # A jitted function whose 128 MiB output is allocated, written and freed on every call: the
 # minor page faults of the later calls tell whether the freed block came back from the process
 # (settings on) or as fresh pages from the kernel (glibc's default: mmap/munmap per call).
+# Dispatch is synchronous, as a train step's temporaries are freed when the step ends: with
+# asynchronous dispatch an output can be freed after the next call allocated its own, and
+# glibc 2.36 then grows the heap by a few more blocks before the calls settle (module doc).
 _PROBE = r"""
 import json, os, resource, sys
 import mmalign_jax
 from mmalign_jax import host_malloc
 import jax, jax.numpy as jnp
+jax.config.update("jax_cpu_enable_async_dispatch", False)
 f = jax.jit(lambda x: x * 2.0)
 x = jnp.ones((32 * 1024 * 1024,), jnp.float32)
-for _ in range(5):
+for _ in range(10):
     f(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
@@ -61,7 +64,22 @@ def test_a_freed_step_block_is_reused_instead_of_faulted_in_again():
     pages = 128 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
     on = _probe()
     off = _probe(**{host_malloc.OPT_OUT: "0"})
-    assert off["faults_per_call"] > 0.5 * pages, off     # glibc as it comes: fresh pages per call
-    assert on["faults_per_call"] < 0.05 * pages, on      # the library's settings: none
+    assert off["faults_per_call"] > 0.9 * pages, off     # glibc as it comes: fresh pages per call
+    assert on["faults_per_call"] < 0.25 * pages, on      # the settings: none (measured 0) or a rare call
     assert on["applied"] == [s[0] for s in host_malloc.SETTINGS] and off["applied"] == []
     assert on["late"] == []                              # once JAX runs, setting them is too late
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
+def test_bench_children_start_with_the_same_settings_through_glibc_tunables(monkeypatch):
+    monkeypatch.setattr(host_malloc, "applied", [s[0] for s in host_malloc.SETTINGS])
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.x86_rep_movsb_threshold=4096")
+    monkeypatch.setitem(bench.SAME_MALLOC, "on", True)
+    tunables = bench.child_env()["GLIBC_TUNABLES"]
+    assert tunables.startswith("glibc.cpu.x86_rep_movsb_threshold=4096:glibc.malloc.arena_max=1:")
+    monkeypatch.setitem(bench.SAME_MALLOC, "on", False)          # --baseline-malloc default
+    assert bench.child_env()["GLIBC_TUNABLES"] == "glibc.cpu.x86_rep_movsb_threshold=4096"
+    # the string does in a child that does not set anything itself what mallopt does here
+    child = _probe(GLIBC_TUNABLES=tunables, **{host_malloc.OPT_OUT: "0"})
+    assert child["applied"] == [] and child["faults_per_call"] < 0.25 * (
+        128 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")), child
