@@ -2,7 +2,7 @@
 
     python benchmarks/spawn_order.py --impls ours,ours,ours --rounds 6      # one program, 3 processes
     python benchmarks/spawn_order.py --impls ours,torch --rounds 8          # balanced ratio
-    python benchmarks/spawn_order.py --impls ours,ours@MMALIGN_JAX_MALLOC_DEFAULTS=0 --rounds 8
+    python benchmarks/spawn_order.py --impls ours,ours@MMALIGN_JAX_KEEP_STEP_MEMORY=1 --rounds 8
 
 Every implementation runs in its own process in `--serve` mode (ours: `python -m
 mmalign_jax.bench --serve-ours`, the same `TrainBench` DPO step the bench times; `torch`/`trl`:
@@ -32,7 +32,7 @@ sys.path.insert(0, REPO)
 
 def command(impl: str, args) -> list[str]:
     """`impl`'s served process; `impl@NAME=VALUE[@...]` runs it with those environment
-    variables (an A/B of a setting: `--impls ours,ours@MMALIGN_JAX_MALLOC_DEFAULTS=0`)."""
+    variables (an A/B of a setting: `--impls ours,ours@MMALIGN_JAX_KEEP_STEP_MEMORY=1`)."""
     from mmalign_jax import bench
     impl, *env = impl.split("@")
     if env:

@@ -7,5 +7,5 @@ __version__ = "0.1.0"
 
 # Before JAX creates its GPU client: GEMMs through cuBLAS (see xla_flags.py for the figures).
 _xla_flags.apply_defaults()
-# Before JAX starts its CPU client: each step's memory kept in the process (host_malloc.py).
-_host_malloc.apply_defaults()
+# MMALIGN_JAX_KEEP_STEP_MEMORY=1: glibc keeps each CPU step's memory (host_malloc.py); off by default.
+_host_malloc.apply_if_requested()

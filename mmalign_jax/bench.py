@@ -34,11 +34,12 @@ What is timed
   (ours in the bench's process, started first); `--sequential` runs each in one block
   (ours before and after the baselines). A baseline whose packages are missing is reported
   as such, never estimated.
-* host memory: the library sets glibc's malloc to keep each step's memory in the process
-  (`mmalign_jax/host_malloc.py`); every child process — the baselines and our served step —
-  starts with the same settings through `GLIBC_TUNABLES` (`--baseline-malloc same`, the
-  default), as they speed up the PyTorch steps alike; `--baseline-malloc default` leaves
-  the baselines on glibc's defaults, as a PyTorch user runs them.
+* host memory (`--malloc keep`, the default): glibc's malloc set to keep each step's memory
+  in the process (`mmalign_jax/host_malloc.py`) in this process and, through
+  `GLIBC_TUNABLES`, in every child — the baselines and our served step. Without it each step
+  faults its temporaries in afresh, which costs most in whichever process sat idle longest
+  during the interleaved rounds (our step 4.215 vs 3.141 s in a four-process run). The same
+  settings on every side; `--malloc default` leaves glibc as it comes everywhere.
 * `--profile DIR`: one traced step (jax.profiler, XLA op level), op time by phase · module.
 
 `main(argv)` returns the results dict (the test calls it); `--write FILE` replaces the part
@@ -785,30 +786,24 @@ def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: boo
     return cmd + (["--serve"] if serve else []), None
 
 
-# `--baseline-malloc`: whether child processes start with this process's glibc malloc settings.
-SAME_MALLOC = {"on": True}
-
-
 def child_env() -> dict:
-    """Environment of a benchmark child process: with `SAME_MALLOC`, `GLIBC_TUNABLES` carrying
-    the malloc settings `host_malloc` applied here, so a baseline runs under the allocator
-    settings ours runs under (they sped the lean PyTorch step up 1.18x on the EPYC VM)."""
+    """Environment of a benchmark child process: `GLIBC_TUNABLES` carrying the malloc settings
+    `host_malloc` applied in this process, so every implementation runs under the same ones."""
     from mmalign_jax import host_malloc
     env = dict(os.environ)
-    tunables = host_malloc.glibc_tunables(env) if SAME_MALLOC["on"] else env.get("GLIBC_TUNABLES", "")
+    tunables = host_malloc.glibc_tunables(env)
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
     return env
 
 
 def malloc_words(m: dict) -> str:
-    if not m.get("malloc"):
-        if "glibc.malloc." in m.get("glibc_tunables", ""):
-            return f"glibc malloc as `GLIBC_TUNABLES={m['glibc_tunables']}` sets it"
-        return "glibc malloc as it comes on every side"
-    where = "on every side (the baselines through `GLIBC_TUNABLES`)" if m.get("malloc_on_baselines") \
-        else "for ours only (the baselines on glibc's defaults: `--baseline-malloc default`)"
-    return f"glibc malloc {', '.join(m['malloc'])} (`host_malloc.py`) {where}"
+    if m.get("malloc"):
+        return (f"glibc malloc {', '.join(m['malloc'])} (`host_malloc.py`) in every process "
+                "(the children through `GLIBC_TUNABLES`)")
+    if "glibc.malloc." in m.get("glibc_tunables", ""):
+        return f"glibc malloc as `GLIBC_TUNABLES={m['glibc_tunables']}` sets it"
+    return "glibc malloc as it comes"
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -959,7 +954,7 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "jax_backend": jax.default_backend(), "device": f"{d.platform}:{getattr(d, 'device_kind', '')}",
             "n_devices": jax.device_count(), "versions": versions,
-            "malloc": list(host_malloc.applied), "malloc_on_baselines": SAME_MALLOC["on"],
+            "malloc": list(host_malloc.applied),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
@@ -1178,10 +1173,10 @@ def main(argv=None) -> dict:
                          "start order (s/step = geometric mean over the orders); 'first' runs "
                          "ours in the bench's process, started before the baselines (quicker, "
                          "biased where the first-started process runs slower)")
-    ap.add_argument("--baseline-malloc", default="same", choices=("same", "default"),
-                    help="'same': the baselines start with the glibc malloc settings the library "
-                         "sets for ours (mmalign_jax/host_malloc.py); 'default': glibc's own, "
-                         "as a PyTorch user runs them")
+    ap.add_argument("--malloc", default="keep", choices=("keep", "default"),
+                    help="'keep': glibc malloc set to keep each step's memory in every timed "
+                         "process, ours and the baselines (mmalign_jax/host_malloc.py); "
+                         "'default': glibc as it comes")
     ap.add_argument("--serve-ours", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-eval", action="store_true", help="skip the forward-only DPO diagnostic")
     ap.add_argument("--remat", default="none",
@@ -1209,7 +1204,9 @@ def main(argv=None) -> dict:
                    help="replace the bench section of FILE (e.g. docs/PERFORMANCE.md)")
     g.add_argument("--no-write", action="store_true", help="only print (the default)")
     args = ap.parse_args(argv)
-    SAME_MALLOC["on"] = args.baseline_malloc == "same"
+    if args.malloc == "keep" and not args.serve_ours:   # served: GLIBC_TUNABLES from the parent
+        from mmalign_jax import host_malloc
+        host_malloc.apply()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                             datefmt="%H:%M:%S")

@@ -1,4 +1,4 @@
-"""glibc malloc settings the library sets where JAX runs on the CPU: keep each step's memory.
+"""glibc malloc settings that keep a CPU train step's memory in the process (opt-in; the bench's default).
 
 XLA:CPU allocates a train step's temporaries as one block (1.48 GB for `bench-small`'s DPO
 step) and frees it when the step ends. glibc serves a block that big with `mmap` and gives it
@@ -23,11 +23,16 @@ whose output is freed after the next call has allocated its own, under asynchron
 dispatch — the heap grows by several blocks before it settles (a 128 MiB output per call:
 1.2 GB of heap after ~10 calls).
 
-They must be set before JAX starts its CPU client (its worker threads pick their arena at
-their first allocation): importing `mmalign_jax` first is enough, as for `xla_flags`. Only on
-Linux with glibc, where JAX will run on the CPU (no CUDA plugin or TPU runtime it could use,
-or `JAX_PLATFORMS=cpu`); left alone where `GLIBC_TUNABLES` already sets malloc tunables, and
-`MMALIGN_JAX_MALLOC_DEFAULTS=0` turns them off.
+Not on by default: with them the compile-heavy test file `tests/test_train.py` took 145 / 183 s
+against 117 / 131 s without (two alternating pairs of runs), and the demo's tiny model has no
+block big enough to gain. `python -m mmalign_jax.bench` turns them on in every process it
+times (`--malloc keep`, its default: the interleaved rounds would otherwise charge whichever
+process sat idle longest); elsewhere `MMALIGN_JAX_KEEP_STEP_MEMORY=1` turns them on when
+`mmalign_jax` is imported. They must be set before JAX starts its CPU client (its worker
+threads pick their arena at their first allocation): after `import jax` works, after the
+first computation is too late. Only on Linux with glibc, where JAX will run on the CPU (no
+CUDA plugin or TPU runtime it could use, or `JAX_PLATFORMS=cpu`), and not where
+`GLIBC_TUNABLES` already sets malloc tunables.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from typing import MutableMapping, Optional
 
 from mmalign_jax import xla_flags
 
-OPT_OUT = "MMALIGN_JAX_MALLOC_DEFAULTS"
+ENV = "MMALIGN_JAX_KEEP_STEP_MEMORY"
 
 # mallopt(3) parameters (malloc.h), the values set (C ints) and the same as glibc tunables.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
@@ -47,7 +52,7 @@ SETTINGS = (("M_ARENA_MAX", M_ARENA_MAX, 1, "glibc.malloc.arena_max"),
             ("M_MMAP_MAX", M_MMAP_MAX, 0, "glibc.malloc.mmap_max"),
             ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, 2**31 - 1, "glibc.malloc.trim_threshold"))
 
-# What `apply_defaults` set in this process (the names glibc accepted); logged by the trainer.
+# What `apply` set in this process (the names glibc accepted); logged by the trainer.
 applied: list[str] = []
 
 
@@ -76,10 +81,8 @@ def _accelerator() -> bool:
     return xla_flags.cuda_plugin_installed() or tpu_runtime_installed()
 
 
-def wanted(environ: MutableMapping[str, str], accelerator: Optional[bool] = None) -> bool:
-    """Whether `apply_defaults` should set the settings in this process (see the module doc)."""
-    if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
+def possible(environ: MutableMapping[str, str], accelerator: Optional[bool] = None) -> bool:
+    """Linux with glibc, JAX will run on the CPU, and `GLIBC_TUNABLES` sets no malloc tunable."""
     if not sys.platform.startswith("linux") or not glibc():
         return False
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
@@ -87,11 +90,14 @@ def wanted(environ: MutableMapping[str, str], accelerator: Optional[bool] = None
     return cpu_backend_expected(environ, accelerator)
 
 
-def apply_defaults(environ: MutableMapping[str, str] = os.environ,
-                   accelerator: Optional[bool] = None) -> list[str]:
-    """Set `SETTINGS` with mallopt(3) where `wanted`, unless JAX's backends are already up (too
-    late: its threads have their arenas). Returns the names of the settings glibc accepted."""
-    if not wanted(environ, accelerator) or xla_flags.backends_started():
+def requested(environ: MutableMapping[str, str]) -> bool:
+    return environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def apply(environ: MutableMapping[str, str] = os.environ, accelerator: Optional[bool] = None) -> list[str]:
+    """Set `SETTINGS` with mallopt(3) where `possible`, unless JAX's backends are already up
+    (too late: its threads have their arenas). Returns the names of the settings glibc took."""
+    if not possible(environ, accelerator) or xla_flags.backends_started():
         return []
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
@@ -101,6 +107,12 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ,
     done = [name for name, param, value, _ in SETTINGS if mallopt(param, value) == 1]
     applied.extend(n for n in done if n not in applied)
     return done
+
+
+def apply_if_requested(environ: MutableMapping[str, str] = os.environ) -> list[str]:
+    """`apply` when `MMALIGN_JAX_KEEP_STEP_MEMORY` asks for it (called when `mmalign_jax` is
+    imported)."""
+    return apply(environ) if requested(environ) else []
 
 
 def glibc_tunables(environ: MutableMapping[str, str] = os.environ) -> str:

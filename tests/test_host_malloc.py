@@ -1,4 +1,4 @@
-"""host_malloc: where the library sets glibc's malloc, and that a freed step block is reused."""
+"""host_malloc: where glibc's malloc settings can be set, and that with them a freed block is reused."""
 import json
 import os
 import subprocess
@@ -12,17 +12,17 @@ GLIBC = sys.platform.startswith("linux") and host_malloc.glibc()
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
-def test_wanted_only_where_jax_runs_on_the_cpu_and_nobody_said_otherwise():
-    assert host_malloc.wanted({}, accelerator=False)
-    assert not host_malloc.wanted({}, accelerator=True)               # a GPU/TPU runtime is there
-    assert host_malloc.wanted({"JAX_PLATFORMS": "cpu"}, accelerator=True)
-    assert not host_malloc.wanted({"JAX_PLATFORMS": "cuda,cpu"}, accelerator=True)
-    assert host_malloc.wanted({"JAX_PLATFORMS": "cuda,cpu"}, accelerator=False)
-    for off in ("0", "false", "off"):
-        assert not host_malloc.wanted({host_malloc.OPT_OUT: off}, accelerator=False)
-    assert not host_malloc.wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, accelerator=False)
-    assert host_malloc.wanted({"GLIBC_TUNABLES": "glibc.cpu.x86_rep_movsb_threshold=2048"},
-                              accelerator=False)
+def test_possible_only_where_jax_runs_on_the_cpu_and_asked_for_only_by_the_variable():
+    assert host_malloc.possible({}, accelerator=False)
+    assert not host_malloc.possible({}, accelerator=True)               # a GPU/TPU runtime is there
+    assert host_malloc.possible({"JAX_PLATFORMS": "cpu"}, accelerator=True)
+    assert not host_malloc.possible({"JAX_PLATFORMS": "cuda,cpu"}, accelerator=True)
+    assert host_malloc.possible({"JAX_PLATFORMS": "cuda,cpu"}, accelerator=False)
+    assert not host_malloc.possible({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, accelerator=False)
+    assert host_malloc.possible({"GLIBC_TUNABLES": "glibc.cpu.x86_rep_movsb_threshold=2048"},
+                                accelerator=False)
+    assert not host_malloc.requested({}) and not host_malloc.requested({host_malloc.ENV: "0"})
+    assert host_malloc.requested({host_malloc.ENV: "1"}) and host_malloc.requested({host_malloc.ENV: "on"})
 
 
 # A jitted function whose 128 MiB output is allocated, written and freed on every call: the
@@ -46,13 +46,13 @@ for _ in range(10):
     f(x).block_until_ready()
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
 print(json.dumps({"faults_per_call": faults, "applied": host_malloc.applied,
-                  "late": host_malloc.apply_defaults()}))
+                  "late": host_malloc.apply()}))
 """
 
 
 def _probe(**env):
     base = {k: v for k, v in os.environ.items()
-            if k not in ("GLIBC_TUNABLES", host_malloc.OPT_OUT, "JAX_PLATFORMS")}
+            if k not in ("GLIBC_TUNABLES", host_malloc.ENV, "JAX_PLATFORMS")}
     out = subprocess.run([sys.executable, "-c", _PROBE], env={**base, "JAX_PLATFORMS": "cpu", **env},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -62,8 +62,8 @@ def _probe(**env):
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
 def test_a_freed_step_block_is_reused_instead_of_faulted_in_again():
     pages = 128 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
-    on = _probe()
-    off = _probe(**{host_malloc.OPT_OUT: "0"})
+    on = _probe(**{host_malloc.ENV: "1"})
+    off = _probe()                                       # not asked for: glibc as it comes
     assert off["faults_per_call"] > 0.9 * pages, off     # glibc as it comes: fresh pages per call
     assert on["faults_per_call"] < 0.25 * pages, on      # the settings: none (measured 0) or a rare call
     assert on["applied"] == [s[0] for s in host_malloc.SETTINGS] and off["applied"] == []
@@ -72,14 +72,13 @@ def test_a_freed_step_block_is_reused_instead_of_faulted_in_again():
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
 def test_bench_children_start_with_the_same_settings_through_glibc_tunables(monkeypatch):
-    monkeypatch.setattr(host_malloc, "applied", [s[0] for s in host_malloc.SETTINGS])
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.x86_rep_movsb_threshold=4096")
-    monkeypatch.setitem(bench.SAME_MALLOC, "on", True)
+    monkeypatch.setattr(host_malloc, "applied", [])                      # --malloc default
+    assert bench.child_env()["GLIBC_TUNABLES"] == "glibc.cpu.x86_rep_movsb_threshold=4096"
+    monkeypatch.setattr(host_malloc, "applied", [s[0] for s in host_malloc.SETTINGS])
     tunables = bench.child_env()["GLIBC_TUNABLES"]
     assert tunables.startswith("glibc.cpu.x86_rep_movsb_threshold=4096:glibc.malloc.arena_max=1:")
-    monkeypatch.setitem(bench.SAME_MALLOC, "on", False)          # --baseline-malloc default
-    assert bench.child_env()["GLIBC_TUNABLES"] == "glibc.cpu.x86_rep_movsb_threshold=4096"
     # the string does in a child that does not set anything itself what mallopt does here
-    child = _probe(GLIBC_TUNABLES=tunables, **{host_malloc.OPT_OUT: "0"})
+    child = _probe(GLIBC_TUNABLES=tunables)
     assert child["applied"] == [] and child["faults_per_call"] < 0.25 * (
         128 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")), child

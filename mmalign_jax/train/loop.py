@@ -315,8 +315,7 @@ def train(c) -> dict:
              total_steps, steps_per_epoch)
     if host_malloc.applied:
         log.info("glibc malloc: %s set, so each step's memory stays in the process "
-                 "(mmalign_jax/host_malloc.py; %s=0 turns this off)",
-                 ", ".join(host_malloc.applied), host_malloc.OPT_OUT)
+                 "(%s; mmalign_jax/host_malloc.py)", ", ".join(host_malloc.applied), host_malloc.ENV)
 
     ckpt = ckpt_lib.Checkpointer(c.workdir, c.train.keep_checkpoints, c.train.checkpoint_every,
                                  c.train.async_checkpointing)
