@@ -71,7 +71,7 @@ def tpu_runtime_installed() -> bool:
 def cpu_backend_expected(environ: MutableMapping[str, str], accelerator: Optional[bool] = None) -> bool:
     """JAX will run on the CPU: `JAX_PLATFORMS` names only `cpu`, or no CUDA plugin or TPU
     runtime is installed (`accelerator`, detected when None) that it could use instead."""
-    platforms = {x.strip().lower() for x in environ.get("JAX_PLATFORMS", "").split(",") if x.strip()}
+    platforms = xla_flags.jax_platforms(environ)
     if platforms and platforms <= {"cpu"}:
         return True
     return not (_accelerator() if accelerator is None else accelerator)
@@ -116,9 +116,9 @@ def apply_if_requested(environ: MutableMapping[str, str] = os.environ) -> list[s
 
 
 def glibc_tunables(environ: MutableMapping[str, str] = os.environ) -> str:
-    """`GLIBC_TUNABLES` for a child process that is not ours (a benchmark baseline) so that it
-    starts with the settings this process has (`applied`), kept with any non-malloc tunables
-    of `environ`; '' when none were applied."""
+    """`GLIBC_TUNABLES` for a child process (a benchmark baseline, our served step) so that it
+    starts with the settings this process has (`applied`), after the tunables `environ`
+    already names; `environ`'s own value when none were applied."""
     mine = [f"{tunable}={value}" for name, _, value, tunable in SETTINGS if name in applied]
     if not mine:
         return environ.get("GLIBC_TUNABLES", "")

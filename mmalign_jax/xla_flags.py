@@ -53,10 +53,15 @@ def cuda_plugin_installed() -> bool:
     return False
 
 
+def jax_platforms(environ: MutableMapping[str, str]) -> set[str]:
+    """The platforms `JAX_PLATFORMS` names (lower case); empty when unset: any may be used."""
+    return {x.strip().lower() for x in environ.get("JAX_PLATFORMS", "").split(",") if x.strip()}
+
+
 def gpu_possible(environ: MutableMapping[str, str], plugin: Optional[bool] = None) -> bool:
     """A CUDA plugin is there (`plugin`, detected when None) and `JAX_PLATFORMS` allows it."""
-    platforms = [x.strip().lower() for x in environ.get("JAX_PLATFORMS", "").split(",") if x.strip()]
-    if platforms and not any(x in ("cuda", "gpu") for x in platforms):
+    platforms = jax_platforms(environ)
+    if platforms and not platforms & {"cuda", "gpu"}:
         return False
     return cuda_plugin_installed() if plugin is None else plugin
 
