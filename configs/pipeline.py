@@ -82,7 +82,7 @@ def get_config(preset: str = "demo"):
 
     c.evaluate = mlc.ConfigDict()
     c.evaluate.enabled = True       # demo only: greedy answers graded by the ground truth
-    c.evaluate.n_prompts = 256      # per held-out set (VQA, text); 0 = all
+    c.evaluate.n_prompts = 1024     # questions per held-out set (VQA, text); 0 = the data files
     c.evaluate.batch_size = 64
     c.evaluate.max_new_tokens = 64
     # SteerLM rows: label -> target attributes (others 4). PAPER.md uses all 4s; the

@@ -35,7 +35,8 @@ def pipeline_config(workdir):
                   n_text_train=16, n_text_eval=8)
     p.sample.update(n=4, temperature=1.5, max_new_tokens=8, batch_size=8)
     p.pairs.rule, p.pairs.margin = "all_pairs_with_margin", 1
-    p.evaluate.update(n_prompts=8, batch_size=8, max_new_tokens=8)
+    # 12 > the 8 held-out questions of the data files: the rest continue the held-out split
+    p.evaluate.update(n_prompts=12, batch_size=8, max_new_tokens=8)
     for stage in ("sft", "dpo", "rejection_sampling", "steerlm"):
         c = p[stage]
         for k, v in TRAIN.items():
@@ -82,10 +83,39 @@ def test_every_stage_runs_and_feeds_the_next(first_run):
     res = json.load(open(os.path.join(p.workdir, "results.json")))
     assert set(res) == {"sft", "dpo", "rejection_sampling", "steerlm", "steerlm_terse"}
     for row in res.values():
-        assert row["runs"] == 1 and row["vqa"]["n"] == 8 and row["text"]["n"] == 8
+        assert row["runs"] == 1 and row["vqa"]["n"] == 12 and row["text"]["n"] == 12
         acc = row["vqa"]["accuracy"]
         assert acc["values"] == [acc["mean"]] and 0.0 <= acc["mean"] <= 1.0
     assert "| dpo |" in open(os.path.join(p.workdir, "results.md")).read()
+
+
+def test_evaluation_continues_the_held_out_split_and_compares_each_method_with_sft(first_run):
+    from mmalign_jax.data.demo.generate import make_sft_records
+
+    p, _ = first_run
+    ev = os.path.join(p.workdir, "evaluation")
+    graded = {label: [json.loads(line) for line in open(os.path.join(ev, f"{label}.{label}.vqa.jsonl"))]
+              for label in ("sft", "dpo")}
+    in_file = [json.loads(line)["id"] for line in open(os.path.join(p.workdir, "data", "sft_eval.jsonl"))]
+    ids = [g["id"] for g in graded["sft"]]
+    assert ids[:8] == in_file and len(set(ids)) == 12
+    assert ids == [r["id"] for r in make_sft_records(12, p.seed, "eval", "vqa")]
+    assert [g["id"] for g in graded["dpo"]] == ids
+    res = json.load(open(os.path.join(p.workdir, "results.json")))
+    assert "vs_sft" not in res["sft"]
+    for label in ("dpo", "rejection_sampling", "steerlm", "steerlm_terse"):
+        assert set(res[label]["vs_sft"]) == {"vqa", "text"}
+    d = res["dpo"]["vs_sft"]["vqa"]["accuracy"]
+    sft_right = [g["correct"] for g in graded["sft"]]
+    dpo_right = [g["correct"] for g in graded["dpo"]]
+    assert d["n"] == 12
+    assert d["diff"] == pytest.approx((sum(dpo_right) - sum(sft_right)) / 12)
+    assert d["gained"] == sum(1 for s, o in zip(sft_right, dpo_right) if o and not s)
+    assert d["lost"] == sum(1 for s, o in zip(sft_right, dpo_right) if s and not o)
+    strict = res["dpo"]["vs_sft"]["vqa"]["strict_accuracy"]
+    assert strict["other"] == pytest.approx(res["dpo"]["vqa"]["strict_accuracy"]["mean"])
+    assert "Against the SFT model on the same 12 held-out questions" in \
+        open(os.path.join(p.workdir, "results.md")).read()
 
 
 def test_second_run_does_nothing_and_says_so(first_run, capsys):

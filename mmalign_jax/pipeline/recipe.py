@@ -371,13 +371,9 @@ def evaluate_demo(p, models: Dict[str, List[str]]) -> dict:
     from mmalign_jax.evaluate import answers
     from mmalign_jax.generate import candidates
 
-    data = os.path.join(p.workdir, "data")
-    sets = {}
-    for name, fname in DEMO_EVAL_SPLITS.items():
-        with open(os.path.join(data, fname)) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        sets[name] = rows[: p.evaluate.n_prompts] if p.evaluate.n_prompts else rows
+    sets = demo_eval_sets(p)
     per_run: Dict[str, List[dict]] = {}
+    correct: Dict[str, List[dict]] = {}    # label -> per run: {set: {metric: {id: 0/1}}}
     for label, paths in models.items():
         steer = None
         if label.startswith("steerlm"):
@@ -386,21 +382,27 @@ def evaluate_demo(p, models: Dict[str, List[str]]) -> dict:
             steer = (lambda conv, t=targets, f=fmt: candidates.condition(conv, t, f))
         for path in paths:
             m = answers.load_model(path, name=label)
-            row = {}
+            row, marks = {}, {}
             for name, recs in sets.items():
                 summary, graded = answer_quality.evaluate_model(
                     m.model, m.variables, m.tokenizer, recs, template=m.template,
                     batch_size=p.evaluate.batch_size, max_new_tokens=p.evaluate.max_new_tokens,
                     condition=steer)
                 row[name] = summary
+                marks[name] = {m: {g["id"]: float(g[key]) for g in graded}
+                               for m, key in PAIRED_METRICS.items()}
                 tag = os.path.basename(os.path.normpath(path))
                 write_jsonl(os.path.join(p.workdir, "evaluation", f"{label}.{tag}.{name}.jsonl"),
                             graded)
             per_run.setdefault(label, []).append(row)
+            correct.setdefault(label, []).append(marks)
             log.info("%s (%s): VQA accuracy %.3f, hallucination %.3f, words %.1f; text "
                      "accuracy %.3f", label, path, row["vqa"]["accuracy"],
                      row["vqa"]["hallucination_rate"], row["vqa"]["words"], row["text"]["accuracy"])
     results = {label: aggregate(rows) for label, rows in per_run.items()}
+    for label, r in results.items():
+        if label != BASELINE and BASELINE in correct:
+            r["vs_sft"] = versus(correct[BASELINE], correct[label])
     table = results_table(results)
     with open(os.path.join(p.workdir, "results.md"), "w") as f:
         f.write(table + "\n")
@@ -411,6 +413,48 @@ def evaluate_demo(p, models: Dict[str, List[str]]) -> dict:
 
 
 SUMMARY_METRICS = ("accuracy", "strict_accuracy", "hallucination_rate", "incoherent_rate", "words")
+# Compared question by question against the model every method starts from.
+BASELINE = "sft"
+PAIRED_METRICS = {"accuracy": "correct", "strict_accuracy": "strict_correct"}
+
+
+def demo_eval_sets(p) -> Dict[str, List[dict]]:
+    """The held-out questions every model answers: the data stage's held-out SFT files,
+    continued with more records of the same held-out split when `evaluate.n_prompts` asks
+    for more (the demo's splits are endless and per-index, so record i is the same
+    whichever file holds it); 0 = the files as they are."""
+    from mmalign_jax.data.demo.generate import make_sft_records
+
+    data = os.path.join(p.workdir, "data")
+    with open(os.path.join(data, "manifest.json")) as f:
+        manifest = json.load(f)
+    n = p.evaluate.n_prompts
+    sets = {}
+    for name, fname in DEMO_EVAL_SPLITS.items():
+        with open(os.path.join(data, fname)) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if n and n > len(rows):
+            rows += make_sft_records(n - len(rows), manifest["seed"], "eval", name,
+                                     manifest["sft_style"], start=len(rows))
+        sets[name] = rows[:n] if n else rows
+    return sets
+
+
+def versus(base_runs: List[dict], runs: List[dict]) -> dict:
+    """Per held-out set and paired metric: `paired.difference` of a model against the
+    baseline on the same questions; with several runs (method seeds) a question counts
+    as the share of runs that got it right."""
+    from mmalign_jax.evaluate import paired
+
+    def share(rs, name, metric):
+        ids = rs[0][name][metric]
+        return {i: sum(r[name][metric][i] for r in rs) / len(rs) for i in ids}
+
+    out: Dict[str, Any] = {}
+    for name in runs[0]:
+        out[name] = {m: paired.by_id(share(base_runs, name, m), share(runs, name, m),
+                                     where=f"{name} {m}") for m in PAIRED_METRICS}
+    return out
 
 
 def aggregate(rows: List[dict]) -> dict:
@@ -442,6 +486,16 @@ def results_table(results: Dict[str, dict]) -> str:
         lines.append(f"| {label} | {r['runs']} | {_ms(v['accuracy'])} | {_ms(v['strict_accuracy'])} | "
                      f"{_ms(v['hallucination_rate'])} | {_ms(v['incoherent_rate'])} | "
                      f"{_ms(v['words'], 1)} | {_ms(t['accuracy'])} | {_ms(t['hallucination_rate'])} |")
+    paired_rows = [(label, r["vs_sft"]) for label, r in results.items() if "vs_sft" in r]
+    if paired_rows:
+        from mmalign_jax.evaluate.paired import format_difference as fd
+        n = paired_rows[0][1]["vqa"]["accuracy"]["n"]
+        lines += ["", f"Against the SFT model on the same {n} held-out questions (difference, "
+                  "95 % interval, p; paired per question):", "",
+                  "| model | VQA accuracy | VQA strict | text accuracy |", "|---|---|---|---|"]
+        for label, d in paired_rows:
+            lines.append(f"| {label} | {fd(d['vqa']['accuracy'])} | "
+                         f"{fd(d['vqa']['strict_accuracy'])} | {fd(d['text']['accuracy'])} |")
     return "\n".join(lines)
 
 
