@@ -27,11 +27,20 @@ def test_table_has_mean_and_std_over_seeds(tmp_path):
                "dpo": recipe.aggregate([{"vqa": _summary(0.6), "text": _summary(0.3)},
                                         {"vqa": _summary(0.8), "text": _summary(0.5)}])}
     assert results["dpo"]["vqa"]["accuracy"]["mean"] == 0.7
+
+    def marks(right):   # one run's per-question 0/1, the same for every set and metric
+        return {s: {m: dict(enumerate(right)) for m in recipe.PAIRED_METRICS} for s in ("vqa", "text")}
+
+    results["dpo"]["vs_sft"] = recipe.versus([marks([1, 0, 0, 1])], [marks([1, 1, 0, 1]),
+                                                                     marks([1, 1, 1, 1])])
+    assert results["dpo"]["vs_sft"]["vqa"]["accuracy"]["diff"] == 0.375   # shares 1, 1, .5, 1
     assert abs(results["dpo"]["vqa"]["accuracy"]["std"] - 0.1) < 1e-12   # population std
     t = paper_table.table(results, "0,1")
     assert [r.details["key"] for r in t.rows] == ["sft", "dpo"]
     md = paper_table.report.render_markdown(t)
     assert "| DPO | 0.700 ± 0.100 |" in md and "| + visual SFT (≈ LLaVA-1.5) | 0.500 |" in md
+    assert "- DPO against the SFT model, same 4 questions (difference [95 % interval] p): " \
+           "VQA accuracy +0.375 [" in md
     paths = paper_table.report.write_report(t, str(tmp_path))
     assert json.load(open(os.path.join(tmp_path, "table.json")))["rows"][1]["model"] == "DPO"
     assert all(os.path.exists(p) for p in paths.values())

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 
-from mmalign_jax.evaluate import report
+from mmalign_jax.evaluate import paired, report
 from mmalign_jax.pipeline import recipe
 
 ROWS = [("base_lm", "tiny LM, text-tuned (≈ Vicuna)"),
@@ -84,10 +84,21 @@ def table(results: dict, seeds: str) -> report.Table:
         for col, (split, metric) in _KEYS.items():
             v = r[split][metric]
             scores[col] = {"mean": v["mean"], "std": v["std"]} if r["runs"] > 1 else v["mean"]
-        rows.append(report.Row(title, scores, details={"key": key, "runs": r["runs"]}))
+        details = {"key": key, "runs": r["runs"]}
+        if "vs_sft" in r:
+            details["vs_sft"] = r["vs_sft"]
+        rows.append(report.Row(title, scores, details=details))
     notes = [f"Demo task, tiny model; methods trained with seeds {seeds} (mean ± std over "
              "seeds; base LM and SFT once). Greedy answers graded by the ground-truth scorer.",
              "Answers are graded by the task's exact ground truth, not by a judge model."]
+    for row in rows:
+        d = row.details.get("vs_sft")
+        if d:
+            n = d["vqa"]["accuracy"]["n"]
+            notes.append(f"{row.model} against the SFT model, same {n} questions (difference "
+                         f"[95 % interval] p): VQA accuracy {paired.format_difference(d['vqa']['accuracy'])}; "
+                         f"VQA strict {paired.format_difference(d['vqa']['strict_accuracy'])}; "
+                         f"text accuracy {paired.format_difference(d['text']['accuracy'])}.")
     return report.Table(COLUMNS, rows, notes=notes,
                         title="The study in miniature (docs/RESULTS.md explains the columns)")
 
