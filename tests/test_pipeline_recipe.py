@@ -125,6 +125,17 @@ def test_second_run_does_nothing_and_says_so(first_run, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_progress_bars_on_or_off_do_not_rerun_anything(first_run, capsys):
+    p, _ = first_run
+    assert p.progress is False
+    p.progress = True
+    try:
+        assert recipe.run(p)["ran"] == []
+    finally:
+        p.progress = False
+    assert "nothing to do" in capsys.readouterr().out
+
+
 def test_changed_stage_settings_rerun_that_stage_only(first_run):
     p, _ = first_run
     stage = os.path.join(p.workdir, "stages", "rejection_sampling.json")

@@ -89,7 +89,7 @@ class Stages:
 
     @staticmethod
     def fingerprint(settings: dict) -> str:
-        blob = json.dumps(settings, sort_keys=True, default=str)
+        blob = json.dumps(_display_neutral(settings), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def run(self, name: str, settings: dict, fn: Callable[[], dict],
@@ -139,6 +139,18 @@ class Stages:
         with open(tmp, "w") as f:
             json.dump(marker, f, indent=2, default=str)
         os.replace(tmp, path)
+
+
+def _display_neutral(x):
+    """`settings` with every `progress` (progress bars on or off) set to True: how a run is
+    shown never changes what it makes, so `--config.progress=False` must not rerun (and
+    move aside) finished stages. True, not dropped: workdirs made with the default keep
+    their fingerprints."""
+    if isinstance(x, dict):
+        return {k: (True if k == "progress" else _display_neutral(v)) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_display_neutral(v) for v in x]
+    return x
 
 
 def _supersede(path: str, tag: str) -> None:
