@@ -1,5 +1,6 @@
 """`python -m mmalign_jax.evaluate --benchmark NAME --data DIR --model PATH --out DIR [...]`
-and `python -m mmalign_jax.evaluate report RESULTS... --out DIR`.
+and `python -m mmalign_jax.evaluate report RESULTS... --out DIR`
+and `python -m mmalign_jax.evaluate compare BASELINE RUN... [--out DIR]` (`compare.py`).
 
 A benchmark run writes `OUT/<benchmark>/` (`OUT/mt-bench+image/` with --irrelevant-image):
 `answers.jsonl` (the model's answers, resumable), `judgments.jsonl` (the judge's replies,
@@ -79,6 +80,27 @@ def report_main(argv) -> int:
     return 0
 
 
+def compare_main(argv) -> int:
+    from mmalign_jax.evaluate import compare
+
+    p = argparse.ArgumentParser(
+        prog="python -m mmalign_jax.evaluate compare",
+        description="Each later run against the first, question by question (paired "
+                    "difference, 95 % interval, p) on every benchmark they share.")
+    p.add_argument("runs", nargs="+", help="results folders; the first is the baseline")
+    p.add_argument("--out", default=None, help="also write compare.md / compare.json here")
+    a = p.parse_args(argv)
+    try:
+        rows = compare.compare(a.runs)
+    except (compare.CompareError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(compare.render_markdown(rows))
+    if a.out:
+        print("wrote " + ", ".join(compare.write(rows, a.out).values()))
+    return 0
+
+
 def run_main(argv) -> int:
     a = _run_parser().parse_args(argv)
     from mmalign_jax.evaluate import answers
@@ -132,6 +154,8 @@ def main(argv=None) -> int:
     logging.getLogger("mmalign_jax").setLevel(logging.INFO)
     if argv and argv[0] == "report":
         return report_main(argv[1:])
+    if argv and argv[0] == "compare":
+        return compare_main(argv[1:])
     return run_main(argv)
 
 
