@@ -401,8 +401,8 @@ def evaluate_demo(p, models: Dict[str, List[str]]) -> dict:
                     batch_size=p.evaluate.batch_size, max_new_tokens=p.evaluate.max_new_tokens,
                     condition=steer)
                 row[name] = summary
-                marks[name] = {m: {g["id"]: float(g[key]) for g in graded}
-                               for m, key in PAIRED_METRICS.items()}
+                marks[name] = {metric: {g["id"]: float(g[key]) for g in graded}
+                               for metric, key in PAIRED_METRICS.items()}
                 tag = os.path.basename(os.path.normpath(path))
                 write_jsonl(os.path.join(p.workdir, "evaluation", f"{label}.{tag}.{name}.jsonl"),
                             graded)
