@@ -138,6 +138,10 @@ def test_runs_over_different_questions_or_without_scores_are_errors(pope_runs, t
     # the command line: an error is one line and exit status 2; a good run prints and writes
     assert cli.main(["compare", str(pope_runs / "base"), str(tmp_path / "limited")]) == 2
     assert "error:" in capsys.readouterr().err
+    with open(other / compare.SCORES_FILE, "w") as f:
+        f.write("{not json\n")
+    assert cli.main(["compare", str(pope_runs / "base"), str(tmp_path / "limited")]) == 2
+    assert "scores.jsonl, line 1: not JSON" in capsys.readouterr().err
     out = tmp_path / "report"
     assert cli.main(["compare", str(pope_runs / "base"), str(pope_runs / "dpo"),
                      "--out", str(out)]) == 0

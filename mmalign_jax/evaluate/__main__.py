@@ -82,6 +82,7 @@ def report_main(argv) -> int:
 
 def compare_main(argv) -> int:
     from mmalign_jax.evaluate import compare
+    from mmalign_jax.evaluate.common import BenchmarkDataError
 
     p = argparse.ArgumentParser(
         prog="python -m mmalign_jax.evaluate compare",
@@ -92,7 +93,7 @@ def compare_main(argv) -> int:
     a = p.parse_args(argv)
     try:
         rows = compare.compare(a.runs)
-    except (compare.CompareError, FileNotFoundError) as e:
+    except (compare.CompareError, BenchmarkDataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(compare.render_markdown(rows))
