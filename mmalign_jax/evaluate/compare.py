@@ -27,7 +27,7 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mmalign_jax.evaluate import paired, report
-from mmalign_jax.evaluate.common import read_jsonl
+from mmalign_jax.evaluate.common import mean, read_jsonl
 
 SCORES_FILE = "scores.jsonl"
 
@@ -36,9 +36,9 @@ class CompareError(ValueError):
     """Two runs that cannot be compared, with what to do."""
 
 
-def _mean(xs: Sequence[float]) -> Optional[float]:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
+def _mean(xs: Sequence[Optional[float]]) -> Optional[float]:
+    """Mean of the judge runs that returned a score (None when none did)."""
+    return mean([x for x in xs if x is not None])
 
 
 def _pope(rows) -> Dict[str, Optional[float]]:

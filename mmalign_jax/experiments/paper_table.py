@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 
-from mmalign_jax.evaluate import paired, report
+from mmalign_jax.evaluate import report
 from mmalign_jax.pipeline import recipe
 
 ROWS = [("base_lm", "tiny LM, text-tuned (≈ Vicuna)"),
@@ -95,10 +95,10 @@ def table(results: dict, seeds: str) -> report.Table:
         d = row.details.get("vs_sft")
         if d:
             n = d["vqa"]["accuracy"]["n"]
+            cells = "; ".join(f"{title} {cell}" for title, cell
+                              in zip(recipe.VERSUS_TITLES, recipe.versus_cells(d)))
             notes.append(f"{row.model} against the SFT model, same {n} questions (difference "
-                         f"[95 % interval] p): VQA accuracy {paired.format_difference(d['vqa']['accuracy'])}; "
-                         f"VQA strict {paired.format_difference(d['vqa']['strict_accuracy'])}; "
-                         f"text accuracy {paired.format_difference(d['text']['accuracy'])}.")
+                         f"[95 % interval] p): {cells}.")
     return report.Table(COLUMNS, rows, notes=notes,
                         title="The study in miniature (docs/RESULTS.md explains the columns)")
 

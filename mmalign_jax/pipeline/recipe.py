@@ -500,15 +500,25 @@ def results_table(results: Dict[str, dict]) -> str:
                      f"{_ms(v['words'], 1)} | {_ms(t['accuracy'])} | {_ms(t['hallucination_rate'])} |")
     paired_rows = [(label, r["vs_sft"]) for label, r in results.items() if "vs_sft" in r]
     if paired_rows:
-        from mmalign_jax.evaluate.paired import format_difference as fd
         n = paired_rows[0][1]["vqa"]["accuracy"]["n"]
         lines += ["", f"Against the SFT model on the same {n} held-out questions (difference, "
                   "95 % interval, p; paired per question):", "",
-                  "| model | VQA accuracy | VQA strict | text accuracy |", "|---|---|---|---|"]
+                  "| model | " + " | ".join(VERSUS_TITLES) + " |", "|---|---|---|---|"]
         for label, d in paired_rows:
-            lines.append(f"| {label} | {fd(d['vqa']['accuracy'])} | "
-                         f"{fd(d['vqa']['strict_accuracy'])} | {fd(d['text']['accuracy'])} |")
+            lines.append(f"| {label} | " + " | ".join(versus_cells(d)) + " |")
     return "\n".join(lines)
+
+
+# The paired comparisons a results table shows, in order: (held-out set, metric), title.
+VERSUS_COLUMNS = ((("vqa", "accuracy"), "VQA accuracy"), (("vqa", "strict_accuracy"), "VQA strict"),
+                  (("text", "accuracy"), "text accuracy"))
+VERSUS_TITLES = [title for _, title in VERSUS_COLUMNS]
+
+
+def versus_cells(d: dict) -> List[str]:
+    """`versus`'s result formatted per `VERSUS_COLUMNS` ('+0.012 [-0.004, +0.028] p=0.14')."""
+    from mmalign_jax.evaluate.paired import format_difference
+    return [format_difference(d[name][metric]) for (name, metric), _ in VERSUS_COLUMNS]
 
 
 # ------------------------------------------------------------------------------ the run
