@@ -16,7 +16,8 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from mmalign_jax import convert  # noqa: E402
-from mmalign_jax.convert import CheckpointError, hf  # noqa: E402
+from mmalign_jax.convert import CheckpointError  # noqa: E402
+from mmalign_jax.models.llava import hf  # noqa: E402
 from mmalign_jax.convert.__main__ import main as cli_main  # noqa: E402
 from mmalign_jax.models import llava, lora as lora_lib  # noqa: E402
 from mmalign_jax.models.config import LoraConfig  # noqa: E402

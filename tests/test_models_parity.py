@@ -2,7 +2,7 @@
 
 Every HF weight (norm scales and biases included) is perturbed away from its init so a
 mis-mapped or ignored parameter cannot hide, then copied into our tree with a small
-test-local mapping (the real converter lives in convert/hf.py and is tested there).
+test-local mapping (the real converter lives in models/llava/hf.py and is tested there).
 """
 import dataclasses
 import functools

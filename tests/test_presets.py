@@ -6,7 +6,7 @@ import math
 import jax
 import pytest
 
-from mmalign_jax.convert import hf
+from mmalign_jax.models.llava import hf
 from mmalign_jax.models import llava
 from mmalign_jax.models.presets import PRESETS, from_hf_config, get_preset, to_hf_config
 

@@ -49,7 +49,7 @@ def _deep_merge(base: dict, update: dict) -> dict:
 def _hf_to_orbax(args) -> None:
     import orbax.checkpoint as ocp
 
-    from mmalign_jax.convert.hf import copy_tokenizer_files, load_hf_llava, _write_json
+    from mmalign_jax.models.llava.hf import copy_tokenizer_files, load_hf_llava, _write_json
     from mmalign_jax.models.presets import to_hf_config
 
     cfg, params = load_hf_llava(args.hf, dtype=args.dtype)
@@ -72,7 +72,7 @@ def _hf_to_orbax(args) -> None:
 def _to_hf(args) -> None:
     from flax import traverse_util
 
-    from mmalign_jax.convert.hf import save_hf_llava
+    from mmalign_jax.models.llava.hf import save_hf_llava
     from mmalign_jax.models.config import LoraConfig
     from mmalign_jax.models.presets import from_hf_config, get_preset
 

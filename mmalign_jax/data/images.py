@@ -1,7 +1,7 @@
 """CLIP image preprocessing for LLaVA, channels last.
 
 ``preprocess(image, size, mode)`` returns ``float32[size, size, 3]`` ready for the vision
-tower (``pixel_values[b, i]`` in ``models/llava.py``).
+tower (``pixel_values[b, i]`` in ``models/llava/model.py``).
 
 What it reproduces
 ------------------

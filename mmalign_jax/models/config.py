@@ -113,5 +113,10 @@ class LlavaConfig:
         n = self.vision.num_patches
         return n + 1 if self.vision_feature_select_strategy == "full" else n
 
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the vision tower takes (the image processor's output)."""
+        return self.vision.image_size
+
     def replace(self, **kw) -> "LlavaConfig":
         return dataclasses.replace(self, **kw)

@@ -40,7 +40,8 @@ import ml_dtypes
 import numpy as np
 
 from mmalign_jax.models.config import LlavaConfig
-from mmalign_jax.models.presets import from_hf_config, to_hf_config
+from mmalign_jax.models.family import CheckpointError
+from mmalign_jax.models.llava.presets import from_hf_config, to_hf_config
 
 Path = Tuple[str, ...]
 
@@ -55,8 +56,6 @@ TOKENIZER_FILES = (
 KEY_LAYOUTS = ("transformers5", "hub")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder (or a params tree being exported) does not match the model."""
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""What the library needs of a model family, in one place.
+
+A family (LLaVA-1.5 today) is one `ModelFamily` value, registered once in `registry.py`;
+training, generation, evaluation, conversion and the pipeline ask the registry for it and
+never name a family's modules. What a family provides:
+
+- **config**: a frozen, hashable dataclass (static jit argument) with the properties the
+  rest of the library reads: `image_token_id`, `num_image_tokens` (tokens one image
+  occupies in `input_ids`), `image_size` (the square side its image processor makes),
+  `text` (the language model's config with Hugging Face field names: `eos_token_id`,
+  `bos_token_id`, `pad_token_id`, `max_position_embeddings`, `num_hidden_layers`,
+  `num_key_value_heads`, `head_dim`), `dtype`, `param_dtype`, `lora`, and `replace(**kw)`
+  for `dtype`, `param_dtype`, `remat_policy`, `attention_impl`, `lora`.
+- **presets** (`name -> config`) and Hugging Face `config.json` both ways.
+- **module(cfg)**: the Flax module. Its methods, used by name through `model.apply(...,
+  method="...")`: `__call__` (logits), `vision_features`, `project_images`, `encode_images`,
+  `embed`, `decode` (full forward or KV-cached), `decode_shared_prefix` (the DPO training
+  pass) and `lm_logits` — the contracts are in docs/INTERNALS.md ("Model API").
+- **parameters without memory**: `init_params(cfg, rng)`, `abstract_params(cfg)`,
+  `param_logical_specs(cfg)`, and `init_cache(cfg, batch, max_len, dtype)` for decoding.
+- **Hugging Face weights** both ways: `load_hf(path, dtype, sharding) -> (cfg, params)` and
+  `save_hf(cfg, params, out_dir, lora=None, tokenizer_dir=None)`.
+- **images**: `preprocess_image(cfg, image, mode) -> float32[H, W, 3]` (static shape).
+- **defaults**: chat template and image mode of its checkpoints, LoRA targets (a regex over
+  '/'-joined module paths), and the parameter groups training addresses by role
+  (`vision`, `projector`, `lm`: regexes over 'params/...' paths) plus the key of the vision
+  tower's subtree (shared between policy and reference when frozen).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Tuple
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder (or a params tree being exported) does not match the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """One model family behind the library's single model interface (see the module doc)."""
+
+    name: str
+    config_type: type
+    hf_model_types: Tuple[str, ...]
+    hf_architectures: Tuple[str, ...]
+    presets: Mapping[str, Callable[[], Any]]
+    module: Callable[[Any], Any]
+    init_params: Callable[..., Any]
+    abstract_params: Callable[[Any], Any]
+    param_logical_specs: Callable[[Any], Any]
+    init_cache: Callable[..., dict]
+    config_from_hf: Callable[[Any], Any]
+    config_to_hf: Callable[..., dict]
+    load_hf: Callable[..., tuple]
+    save_hf: Callable[..., Any]
+    preprocess_image: Callable[..., Any]
+    default_template: str
+    default_image_mode: str
+    lora_target_regex: str
+    param_groups: Mapping[str, str]      # role ('vision' | 'projector' | 'lm') -> regex
+    vision_key: str                      # params[vision_key] is the vision tower
+    description: str = ""
+    checkpoints: Tuple[str, ...] = ()    # Hugging Face hub names known to load
+
+    def preset(self, name: str):
+        try:
+            return self.presets[name]()
+        except KeyError:
+            raise ValueError(f"{self.name}: unknown model preset {name!r}; known presets: "
+                             f"{', '.join(self.presets)}") from None
+
+    def group_regex(self, role: str) -> Optional[str]:
+        return self.param_groups.get(role)

@@ -1,0 +1,41 @@
+"""LLaVA-1.5 as a `ModelFamily`: what the registry hands the rest of the library."""
+from __future__ import annotations
+
+from mmalign_jax.models.config import LlavaConfig
+from mmalign_jax.models.family import ModelFamily
+from mmalign_jax.models.llava import hf, model, presets
+
+
+def preprocess_image(cfg: LlavaConfig, image, mode: str = "pad"):
+    """CLIPImageProcessor's pipeline (LLaVA's 'pad' to square, 'crop' or 'resize') to
+    `float32[image_size, image_size, 3]`."""
+    from mmalign_jax.data.images import preprocess
+    return preprocess(image, cfg.image_size, mode)
+
+
+FAMILY = ModelFamily(
+    name="llava",
+    config_type=LlavaConfig,
+    hf_model_types=("llava",),
+    hf_architectures=presets.ARCHITECTURES,
+    presets=presets.PRESET_BUILDERS,
+    module=model.Llava,
+    init_params=model.init_params,
+    abstract_params=model.abstract_params,
+    param_logical_specs=model.param_logical_specs,
+    init_cache=model.init_cache,
+    config_from_hf=presets.from_hf_config,
+    config_to_hf=presets.to_hf_config,
+    load_hf=hf.load_hf_llava,
+    save_hf=hf.save_hf_llava,
+    preprocess_image=preprocess_image,
+    default_template="vicuna_v1",
+    default_image_mode="pad",
+    lora_target_regex=r"language_model/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)",
+    param_groups={"vision": r"params/vision_tower/.*",
+                  "projector": r"params/multi_modal_projector/.*",
+                  "lm": r"params/language_model/.*"},
+    vision_key="vision_tower",
+    description="LLaVA-1.5: CLIP ViT (frozen) → 2-layer GELU MLP projector → LLaMA/Vicuna",
+    checkpoints=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
+)
