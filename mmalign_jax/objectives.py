@@ -67,3 +67,24 @@ def sft_loss(logits: jax.Array, labels: jax.Array, loss_mask: jax.Array):
     """Summed token NLL and the token count: the trainer divides by the global count."""
     logps, n = sequence_logps(logits, labels, loss_mask)
     return -logps.sum(), n.sum()
+
+
+def simpo_loss(
+    policy_chosen_logps: jax.Array,
+    policy_rejected_logps: jax.Array,
+    beta: float = 2.0,
+    gamma: float = 1.0,
+    label_smoothing: float = 0.0,
+):
+    """Per-pair SimPO losses (Meng et al. 2024) and its rewards β·(mean log-prob).
+
+    Reference-free: the inputs are the policy's *length-normalised* (mean per token)
+    response log-probs. With h = β·(π̄_c − π̄_r) − γ (γ the target reward margin):
+      −(1−ε)·logσ(h) − ε·logσ(−h)
+    """
+    chosen_rewards = beta * policy_chosen_logps
+    rejected_rewards = beta * policy_rejected_logps
+    h = chosen_rewards - rejected_rewards - gamma
+    eps = label_smoothing
+    losses = -(1 - eps) * jax.nn.log_sigmoid(h) - eps * jax.nn.log_sigmoid(-h)
+    return losses, chosen_rewards, rejected_rewards

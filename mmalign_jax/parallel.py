@@ -173,3 +173,15 @@ def maybe_initialize_distributed(cpu_collectives: str | None = None) -> bool:
     log.info("jax.distributed: process %d of %d, %d local / %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
+
+
+def mesh_context(mesh: Mesh, rules):
+    """Context in which `mesh` is the current mesh and `rules` the logical axis rules (what
+    tracing, init and compilation of a sharded function need)."""
+    import contextlib
+
+    from flax import linen as nn
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh)
+    stack.enter_context(nn.logical_axis_rules(rules))
+    return stack

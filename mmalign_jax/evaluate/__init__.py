@@ -4,7 +4,7 @@ reports (Table 4 of the study: one row per model, one column per benchmark).
 
     from mmalign_jax.evaluate import answers, judge, mtbench, mmvet, llava_bench, pope, mmbench, report
 
-    model = answers.load_model("runs/dpo")                     # llava-hf folder or workdir
+    model = answers.load_model("runs/dpo")                     # Hugging Face folder or workdir
     j = judge.make_judge("openai", "gpt-4", cache="out/dpo/mt-bench/judgments.jsonl")
     mtbench.run(model, "data/mt_bench", "out/dpo/mt-bench", judge=j)
     pope.run(model, "data/pope", "out/dpo/pope")

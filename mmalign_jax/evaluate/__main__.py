@@ -27,7 +27,7 @@ def _run_parser() -> argparse.ArgumentParser:
         description="Run one benchmark on a model (`report` subcommand: build the table).")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--data", required=True, help="the benchmark's files (docs/EVALUATION.md)")
-    p.add_argument("--model", required=True, help="llava-hf folder or training workdir")
+    p.add_argument("--model", required=True, help="Hugging Face checkpoint folder or training workdir")
     p.add_argument("--out", required=True, help="results folder; this run writes OUT/<benchmark>/")
     p.add_argument("--name", default=None, help="the model's name in reports (default: folder name)")
     p.add_argument("--judge", choices=("gemini", "openai"), default=None,

@@ -7,7 +7,7 @@
 What it does (`run(c)`):
 
 1. Loads the model: a training workdir of ours (its `config.json` + latest checkpoint, LoRA
-   merged; `train.loop.params_from_run`) or a llava-hf folder (`convert.load_hf_llava`),
+   merged) or a Hugging Face folder of any registered family (`loading.load_model`),
    its parameters placed straight onto their shardings by the logical-axis rules (as the
    trainer does; replicated under the default `data`-only mesh).
 2. Reads the input records (`records.load_records`, any supported format; bad rows are
@@ -76,7 +76,7 @@ class GenerateError(ValueError):
 def default_config() -> mlc.ConfigDict:
     """Every field of the sampling command (configs/generate.py starts from this)."""
     c = mlc.ConfigDict()
-    c.checkpoint = ""              # a training workdir of ours, or a llava-hf folder
+    c.checkpoint = ""              # a training workdir of ours, or a Hugging Face folder
     c.checkpoint_kind = "auto"     # auto | workdir | hf (auto: config.json + checkpoints/ = workdir)
     c.model_name = ""              # name in each response's source; default: the folder's name
     c.records = ""                 # input records (JSONL or JSON array; ours, LLaVA or DPO format)
@@ -84,7 +84,7 @@ def default_config() -> mlc.ConfigDict:
     c.out = ""                     # output JSONL (one record per prompt, keyed by id)
     c.strict = False               # True: the first bad input row stops the run
     c.limit = 0                    # > 0: only the first `limit` records
-    c.tokenizer = ""               # default: the llava-hf folder / the workdir's tokenizer; 'demo'
+    c.tokenizer = ""               # default: the Hugging Face folder / the workdir's tokenizer; 'demo'
     c.template = ""                # default: the workdir's data.template, else vicuna_v1
     c.image_mode = ""              # default: the workdir's data.image_mode, else pad
     c.dtype = "float32"            # compute and parameter dtype (bfloat16 on accelerators)
@@ -115,10 +115,10 @@ def validate(c, n_devices: int) -> None:
             raise GenerateError(msg)
 
     need(bool(c.checkpoint), "set --config.checkpoint to a training workdir of ours or a "
-         "llava-hf folder")
+         "Hugging Face checkpoint folder")
     need(os.path.isdir(c.checkpoint), f"checkpoint {c.checkpoint!r} is not a folder: point "
          "--config.checkpoint at a training workdir (the demo SFT model: python -m "
-         "mmalign_jax.train --config configs/sft.py) or a llava-hf folder")
+         "mmalign_jax.train --config configs/sft.py) or a Hugging Face checkpoint folder")
     need(c.checkpoint_kind in CHECKPOINT_KINDS,
          f"checkpoint_kind {c.checkpoint_kind!r}: use {'|'.join(CHECKPOINT_KINDS)}")
     need(bool(c.records), "set --config.records to a records JSONL (prompts ending in a user "
@@ -178,89 +178,39 @@ class Loaded:
     name: str
     kind: str
     steerlm_format: str
-    trained_steerlm: Optional[bool]   # None: unknown (a llava-hf folder)
+    trained_steerlm: Optional[bool]   # None: unknown (a Hugging Face folder)
     mesh: Any
     rules: tuple
 
 
-def checkpoint_kind(path: str, kind: str = "auto") -> str:
-    if kind != "auto":
-        return kind
-    if os.path.isfile(os.path.join(path, "config.json")) and \
-            os.path.isdir(os.path.join(path, "checkpoints")):
-        return "workdir"
-    if any(f.endswith(".safetensors") or f == "model.safetensors.index.json"
-           for f in os.listdir(path)):
-        return "hf"
-    raise GenerateError(f"{path}: neither a training workdir (config.json + checkpoints/) nor "
-                        "a llava-hf folder (*.safetensors); set checkpoint_kind or fix the path")
-
-
-def hf_tokenizer(path: str, cfg):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    # A folder holding only tokenizer.json (no tokenizer_config.json) loads without special
-    # tokens: take them from the model config so EOS stops generation.
-    if getattr(tok, "eos_token", None) is None:
-        tok.eos_token = tok.convert_ids_to_tokens(int(cfg.text.eos_token_id))
-    if getattr(tok, "bos_token", None) is None and cfg.text.bos_token_id is not None:
-        tok.bos_token = tok.convert_ids_to_tokens(int(cfg.text.bos_token_id))
-    return tok
-
-
-def _tokenizer(spec: str, fallback, cfg):
+def _tokenizer_dir(spec: str) -> str:
+    """`--config.tokenizer`: a folder, or 'demo' for the demo task's tokenizer."""
     if spec == "demo":
-        from mmalign_jax.data.demo import tokenizer as demo_tok
-        return demo_tok.load_tokenizer()
-    if spec:
-        return hf_tokenizer(spec, cfg)
-    return fallback()
+        from mmalign_jax.demo import tokenizer as demo_tok
+        return demo_tok.TOKENIZER_DIR
+    return spec
 
 
 def load_model(c, mesh, rules) -> Loaded:
-    from mmalign_jax.models import llava as llava_lib
-    from mmalign_jax.models import presets
-    from mmalign_jax.train import loop
+    """The model to sample from (`loading.load_model`) and what sampling needs of its run."""
+    from mmalign_jax import loading
 
     path = os.path.abspath(c.checkpoint)
-    kind = checkpoint_kind(path, c.checkpoint_kind)
-    trained_steerlm = None
-    fmt = "paper"
-    if kind == "workdir":
-        prev = mlc.ConfigDict(json.load(open(os.path.join(path, "config.json"))))
-        cfg = loop.model_config(prev)
-        template, image_mode = prev.data.template, prev.data.image_mode
+    try:
+        m = loading.load_model(path, dtype=c.dtype, kind=c.checkpoint_kind, mesh=mesh,
+                               rules=rules, tokenizer=_tokenizer_dir(c.tokenizer))
+    except FileNotFoundError as e:
+        raise GenerateError(str(e)) from None
+    trained_steerlm, fmt = None, "paper"
+    if m.run_config is not None:
+        prev = m.run_config
         trained_steerlm = prev.method == "sft" and prev.data.get("sft_mode") == "steerlm"
         if trained_steerlm:
             fmt = prev.data.get("steerlm_format", "paper")
-        if not os.path.exists(os.path.join(path, "summary.json")):
-            log.warning("%s has no summary.json (unfinished run?): using its latest checkpoint",
-                        path)
-
-        def tok():
-            from mmalign_jax.train import data as train_data
-            return train_data.load_tokenizer(prev)[0]
-    else:
-        cfg = presets.from_hf_config(os.path.join(path, "config.json"))
-        template, image_mode = "vicuna_v1", "pad"
-
-        def tok():
-            return hf_tokenizer(path, cfg)
-    cfg = cfg.replace(dtype=c.dtype, param_dtype=c.dtype, remat_policy="none", lora=None)
-    with loop.mesh_context(mesh, rules):
-        specs = llava_lib.param_logical_specs(cfg)
-        shapes = llava_lib.abstract_params(cfg)
-        shardings = parallel.tree_shardings(specs, rules, mesh, shapes)
-        if kind == "workdir":
-            params = loop.params_from_run(path, cfg, shardings)
-        else:
-            from mmalign_jax import convert
-            _, params = convert.load_hf_llava(path, dtype=c.dtype, sharding=shardings)
-    return Loaded(cfg=cfg, model=llava_lib.Llava(cfg), variables={"params": params},
-                  tokenizer=_tokenizer(c.tokenizer, tok, cfg), template=c.template or template,
-                  image_mode=c.image_mode or image_mode,
-                  name=c.model_name or os.path.basename(path.rstrip("/")), kind=kind,
+    return Loaded(cfg=m.cfg, model=m.model, variables={"params": m.params},
+                  tokenizer=m.tokenizer, template=c.template or m.template,
+                  image_mode=c.image_mode or m.image_mode,
+                  name=c.model_name or os.path.basename(path.rstrip("/")), kind=m.kind,
                   steerlm_format=c.steerlm_format or fmt, trained_steerlm=trained_steerlm,
                   mesh=mesh, rules=rules)
 
@@ -459,7 +409,6 @@ def _locked(out: str):
 def _run(c, targets, main: bool, mesh, rules, out: str) -> dict:
     from mmalign_jax.data import records as records_lib
     from mmalign_jax.store import JsonlStore
-    from mmalign_jax.train import loop
 
     t_start = time.perf_counter()
     store = JsonlStore(out, key="id") if main else None
@@ -514,12 +463,12 @@ def _run(c, targets, main: bool, mesh, rules, out: str) -> dict:
         for k, members in enumerate(layout):
             if not todo[k]:
                 continue
-            local = make_batch(prompts, members, c.batch_size, m.cfg.vision.image_size,
+            local = make_batch(prompts, members, c.batch_size, m.cfg.image_size,
                                m.image_mode)
             local["rng"] = record_keys(c.seed, [prompts[i].record.id for i in members]
                                        + [prompts[members[0]].record.id] * (c.batch_size - len(members)))
             batch = {key: _global(v, mesh, rules) for key, v in local.items()}
-            with loop.mesh_context(mesh, rules):
+            with parallel.mesh_context(mesh, rules):
                 res = generate_tokens(m.model, m.variables, batch["prompt_ids"], batch["prompt_mask"],
                                       batch.get("pixel_values"), batch.get("image_mask"),
                                       sampling, batch["rng"])

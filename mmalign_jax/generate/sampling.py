@@ -10,10 +10,10 @@ Two layers:
   shapes, the structural part of `SamplingConfig`: max_new_tokens, n, greedy or sampled,
   top_k, top-p on/off, number of EOS ids; temperature, top_p, EOS and pad values are
   runtime inputs). It encodes the images once, embeds the prompt, prefills
-  it into a KV cache of `P + max_new_tokens` slots (`llava.init_cache`), replicates the cache
+  it into a KV cache of `P + max_new_tokens` slots (the family's `init_cache`), replicates the cache
   `n` times per prompt (row order prompt0-sample0, prompt0-sample1, …, prompt1-sample0, …)
   and then runs a `jax.lax.while_loop` that samples one token per iteration, feeds it back
-  through `Llava.decode` at position `prompt_length + t` and stops as soon as every row has
+  through the model's `decode` at position `prompt_length + t` and stops as soon as every row has
   emitted one of `eos_token_ids` (or after `max_new_tokens`). Rows that are finished emit
   `pad_token_id`.
 
@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmalign_jax.models import llava as llava_lib
+from mmalign_jax.models import registry
 
 __all__ = [
     "SamplingConfig",
@@ -278,7 +278,7 @@ def _generate(model, sampling: SamplingConfig, dynamic, variables, prompt_ids, p
     prompt_mask = prompt_mask.astype(jnp.int32)
     slot_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, max_new), jnp.int32)], axis=1)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    cache = llava_lib.init_cache(model.cfg, b, slots)
+    cache = registry.for_config(model.cfg).init_cache(model.cfg, b, slots)
     hidden, cache = _apply(model, variables, embeds, slot_mask, positions, cache,
                            method=cls.decode)
     # Left padding: the last slot of every row holds its last real token.
@@ -356,7 +356,7 @@ def generate_tokens(
 ) -> GenerationOutput:
     """Generate up to `sampling.max_new_tokens` tokens for each of `n` samples per prompt.
 
-    model:        `Llava(cfg)` (hashable; part of the compilation key).
+    model:        the family's module, e.g. `Llava(cfg)` (hashable; part of the compilation key).
     variables:    `{'params': ...}` (+ `'lora': ...` to generate with adapters).
     prompt_ids:   int32 `[B, P]`, LEFT padded (the last column is every row's last token);
                   images already expanded to `cfg.num_image_tokens` image tokens.
@@ -446,7 +446,7 @@ class Generator:
     Each conversation ends with a user turn; it is rendered with the generation prompt and
     tokenized by `chat.tokenize(..., add_generation_prompt=True)` (every `<image>` expanded
     to `cfg.num_image_tokens` image tokens; `images[i]` must hold one PIL image per marker,
-    preprocessed by `images.preprocess(image, cfg.vision.image_size, image_mode)`).
+    preprocessed by `images.preprocess(image, cfg.image_size, image_mode)`).
 
     Batching: prompts are sorted by length and cut into batches of `batch_size`; each batch
     is LEFT padded to a power-of-two length (at least `min_prompt_bucket`), its image slots
@@ -473,7 +473,7 @@ class Generator:
         self.tokenizer = tokenizer
         self.template = template
         self.cfg = model.cfg
-        self.image_size = int(image_size or self.cfg.vision.image_size)
+        self.image_size = int(image_size or self.cfg.image_size)
         self.image_mode = image_mode
         self.batch_size = int(batch_size)
         self.min_prompt_bucket = int(min_prompt_bucket)

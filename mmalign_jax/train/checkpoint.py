@@ -12,6 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mmalign_jax.data import pipeline
+from mmalign_jax.loading import restore_trainable  # noqa: F401  (another run's trained variables)
 
 
 class Checkpointer:
@@ -51,17 +52,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def restore_trainable(workdir: str, abstract_trainable, step: int | None = None):
-    """Only the trained variables of another run (e.g. the SFT stage a DPO run starts from)."""
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    with ocp.CheckpointManager(directory, item_handlers={
-            "state": ocp.StandardCheckpointHandler()}) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"model.init_from={workdir!r} has no checkpoint under {directory}")
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))["state"]
-    return restored["trainable"] if abstract_trainable is None else jax.tree.map(
-        lambda a, b: b, abstract_trainable, restored["trainable"])

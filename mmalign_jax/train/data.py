@@ -14,6 +14,7 @@ import numpy as np
 
 from mmalign_jax import parallel
 from mmalign_jax.data import pipeline, tfds_builder
+from mmalign_jax.train import methods
 
 log = logging.getLogger("mmalign_jax.train")
 
@@ -54,9 +55,10 @@ def demo_data_dir(c) -> str:
 class TrainData:
     """Loaders for the train and eval splits with the batch layout of `data/pipeline.py`."""
 
-    def __init__(self, c, cfg):
+    def __init__(self, c, cfg, kind: str | None = None):
         self.c, self.cfg = c, cfg
-        self.kind = c.method
+        # the batch layout ('sft' | 'dpo'): the method's unless given
+        self.kind = kind or methods.get(c.method).batch
         self.tokenizer, self.tokenizer_dir = load_tokenizer(c)
         self.data_dir = demo_data_dir(c) if c.data.source == "demo" else c.data.data_dir
         self.ref_logps: dict | None = None
@@ -79,7 +81,7 @@ class TrainData:
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (cfg.text.pad_token_id or 0)
         return pipeline.PipelineConfig(
-            template=c.data.template, image_size=cfg.vision.image_size, image_mode=c.data.image_mode,
+            template=c.data.template, image_size=cfg.image_size, image_mode=c.data.image_mode,
             image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens,
             max_images=c.data.max_images, seq_len=c.data.seq_len, prompt_len=c.data.prompt_len,
             response_len=c.data.response_len, pad_token_id=int(pad),

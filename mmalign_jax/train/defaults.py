@@ -13,8 +13,7 @@ import ml_collections as mlc
 
 from mmalign_jax import parallel
 from mmalign_jax.models import attention
-
-METHODS = ("sft", "dpo")
+from mmalign_jax.train import methods
 PAPER_PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
 
 
@@ -25,7 +24,7 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.seed = 0
 
     c.model = mlc.ConfigDict()
-    c.model.preset = "tiny"            # shapes when no checkpoint is given
+    c.model.preset = "tiny"            # shapes when no checkpoint is given (any family's)
     c.model.hf_checkpoint = ""         # llava-hf folder: weights + config + tokenizer
     c.model.init_from = ""             # a workdir of ours (e.g. the SFT run) to start from
     c.model.dtype = "float32"          # compute dtype ("bfloat16" on accelerators)
@@ -40,8 +39,8 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.lora.rank = 128
     c.lora.alpha = 256.0
     c.lora.dropout = 0.05
-    c.lora.target_regex = (r"language_model/layers/(self_attn/(q|k|v|o)_proj|"
-                           r"mlp/(gate|up|down)_proj)")
+    c.lora.target_regex = ""           # '' = the model family's default (LLaVA: every LM
+                                       # linear but lm_head, as in the paper)
 
     c.optim = mlc.ConfigDict()
     c.optim.lr = 5e-5                  # the LM group (LoRA adapters or full LM)
@@ -78,13 +77,7 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.data.demo.n_eval = 256
     c.data.demo.seed = 0
 
-    c.dpo = mlc.ConfigDict()
-    c.dpo.beta = 0.1
-    c.dpo.loss_type = "sigmoid"        # sigmoid | ipo | hinge | robust
-    c.dpo.label_smoothing = 0.0
-    c.dpo.sft_weight = 0.0             # + weight * NLL(chosen) per token (off in the paper)
-    c.dpo.logp_reduction = "sum"       # sum (paper) | mean
-    c.dpo.reference = "online"         # online | precomputed
+    methods.add_all_defaults(c)        # each method's own section: c.dpo, c.simpo, ...
 
     c.train = mlc.ConfigDict()
     c.train.global_batch_size = 128
@@ -201,7 +194,7 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) ->
         if not cond:
             raise ConfigError(msg)
 
-    need(c.method in METHODS, f"method {c.method!r} is not one of {METHODS}")
+    need(c.method in methods.names(), f"method {c.method!r} is not one of {methods.names()}")
     need(c.data.source in ("demo", "tfds"),
          f"data.source {c.data.source!r}: use 'demo' or 'tfds' (build one with "
          "`python -m mmalign_jax.data build`)")
@@ -226,13 +219,7 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) ->
     if c.lora.enabled:
         need(c.lora.rank > 0 and c.lora.alpha > 0, "lora.rank and lora.alpha must be > 0")
         need(0 <= c.lora.dropout < 1, "lora.dropout must be in [0, 1)")
-    if c.method == "dpo":
-        need(c.dpo.beta > 0, "dpo.beta must be > 0 (the paper uses 0.1)")
-        need(c.dpo.loss_type in ("sigmoid", "ipo", "hinge", "robust"),
-             "dpo.loss_type must be sigmoid|ipo|hinge|robust")
-        need(c.dpo.reference in ("online", "precomputed"), "dpo.reference: online|precomputed")
-        need(c.dpo.logp_reduction in ("sum", "mean"), "dpo.logp_reduction: sum|mean")
-        need(c.data.prompt_len > 0 and c.data.response_len > 1, "data.prompt_len/response_len must be > 0")
+    methods.get(c.method).validate(c, need)
     need(c.data.sft_mode in ("conversation", "best", "steerlm"),
          "data.sft_mode must be conversation|best|steerlm")
     num = c.mesh.get("num_devices", 0) or 0

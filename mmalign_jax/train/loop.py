@@ -5,7 +5,6 @@ pipeline (batch layout); this file only wires them together.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -15,16 +14,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
-from mmalign_jax import host_malloc, parallel
-from mmalign_jax.models import config as config_lib
-from mmalign_jax.models import llava as llava_lib
+from mmalign_jax import host_malloc, loading, parallel
 from mmalign_jax.models import lora as lora_lib
-from mmalign_jax.models import presets
+from mmalign_jax.models import registry
+from mmalign_jax.models.family import ModelFamily
 from mmalign_jax.train import checkpoint as ckpt_lib
 from mmalign_jax.train import data as data_lib
 from mmalign_jax.train import defaults
+from mmalign_jax.train import methods as methods_lib
 from mmalign_jax.train import metrics as metrics_lib
 from mmalign_jax.train import state as state_lib
 from mmalign_jax.train import steps as steps_lib
@@ -37,99 +35,12 @@ class TrainingDiverged(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ model set-up
-
-def model_config(c) -> config_lib.LlavaConfig:
-    if c.model.hf_checkpoint:
-        cfg = presets.from_hf_config(os.path.join(c.model.hf_checkpoint, "config.json"))
-    else:
-        cfg = presets.get_preset(c.model.preset)
-    lora = None
-    if c.lora.enabled:
-        lora = config_lib.LoraConfig(rank=c.lora.rank, alpha=float(c.lora.alpha),
-                                     dropout=float(c.lora.dropout), target_regex=c.lora.target_regex)
-    return cfg.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                       remat_policy=c.model.remat_policy, lora=lora,
-                       # configs written before this setting existed: the default
-                       attention_impl=c.model.get("attention_impl", "auto"))
-
-
-def mesh_context(mesh, rules):
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh)
-    stack.enter_context(nn.logical_axis_rules(rules))
-    return stack
-
-
-def base_params(c, cfg, shardings):
-    """Base weights, placed straight onto their shardings: a llava-hf folder, a previous run of
-    ours (`model.init_from`, its trained parts merged in) or a seeded random init."""
-    if c.model.init_from:
-        return params_from_run(c.model.init_from, cfg, shardings)
-    if c.model.hf_checkpoint:
-        from mmalign_jax import convert
-        _, params = convert.load_hf_llava(c.model.hf_checkpoint, dtype=cfg.param_dtype,
-                                          sharding=shardings)
-        return params
-    init = jax.jit(lambda key: llava_lib.init_params(cfg, key), out_shardings=shardings)
-    params = init(jax.random.PRNGKey(c.seed))
-    if c.model.get("vision_init"):
-        tower = vision_init_params(c, cfg)
-        params = dict(params)
-        params["vision_tower"] = jax.tree.map(
-            lambda x, s: jax.device_put(np.asarray(x, cfg.param_dtype), s), tower,
-            shardings["vision_tower"])
-    return params
-
-
-def vision_init_params(c, cfg) -> dict:
-    """Vision tower weights for a randomly initialised model: `defaults.DEMO_VISION` pretrains
-    the demo's encoder (once, cached in <workdir>/vision_pretrain), as LLaVA starts from a
-    pretrained CLIP; any other value is a `vision_tower.msgpack` written by that step."""
-    from flax import serialization
-    from mmalign_jax.data.demo import vision_pretrain
-    if c.model.vision_init == defaults.DEMO_VISION:
-        data_root = (os.path.join(c.workdir, "data") if c.data.source == "demo"
-                     else os.path.dirname(os.path.normpath(c.data.data_dir)))
-        records = os.path.join(data_root, data_lib.DEMO_SPLITS["sft_train"])
-        if not os.path.exists(records):
-            raise FileNotFoundError(
-                f"model.vision_init={defaults.DEMO_VISION!r} pretrains on the demo's {records}, "
-                "which does not exist: it is for the demo task only; set model.vision_init=''")
-        return vision_pretrain.pretrained_vision_tower(
-            cfg, records, os.path.join(c.workdir, "vision_pretrain"),
-            steps=c.model.vision_pretrain_steps, seed=c.seed)
-    path = c.model.vision_init
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                            llava_lib.abstract_params(cfg)["vision_tower"])
-    with open(path, "rb") as f:
-        return serialization.from_bytes(template, f.read())
-
-
-def params_from_run(workdir: str, cfg, shardings):
-    """Rebuild the final model of an earlier run: its base weights + trained variables
-    (LoRA merged), so a DPO run can start from the SFT run's result."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model.init_from={workdir!r}: no config.json there; point it at "
-                                "the workdir of a finished `python -m mmalign_jax.train` run")
-    import ml_collections as mlc
-    prev = mlc.ConfigDict(json.load(open(path)))
-    prev_cfg = model_config(prev)
-    params = base_params(prev, prev_cfg, shardings)
-    groups = state_lib.param_groups(prev)
-    variables = {"params": params}
-    if prev_cfg.lora is not None:
-        variables["lora"] = lora_lib.init_lora(prev_cfg, params, jax.random.PRNGKey(0))
-    trainable, _ = state_lib.split(variables, groups)
-    trained = ckpt_lib.restore_trainable(workdir, trainable)
-    # Orbax restores onto the shardings the run saved with (its mesh); put them where the
-    # variables they replace live (e.g. one device when loading for inference).
-    trained = jax.tree.map(lambda t, ref: jax.device_put(t, ref.sharding), trained, trainable)
-    variables = state_lib.merge(variables, trained)
-    params = variables["params"]
-    if prev_cfg.lora is not None:
-        params = lora_lib.merge(prev_cfg, params, variables["lora"])
-    return jax.tree.map(lambda x, s: jax.device_put(x.astype(cfg.param_dtype), s), params, shardings)
+# Where a run's model comes from (a Hugging Face folder, an earlier run, a preset) is
+# `mmalign_jax/loading.py`'s business, shared with inference; these names stay for callers.
+model_config = loading.model_config
+base_params = loading.base_params
+params_from_run = loading.params_from_run
+mesh_context = parallel.mesh_context
 
 
 # --------------------------------------------------------------------------------- the loop
@@ -138,14 +49,16 @@ def params_from_run(workdir: str, cfg, shardings):
 class Run:
     """Everything `train()` builds; tests and the benchmark reuse the pieces."""
     c: object
-    cfg: config_lib.LlavaConfig
+    cfg: object                  # the family's model config
     mesh: object
-    model: llava_lib.Llava
+    model: object                # the family's Flax module
     state: state_lib.TrainState
     frozen: dict
     ref: dict | None
     shardings: dict
     total_steps: int
+    family: ModelFamily = None
+    method: methods_lib.Method = None
 
 
 def build(c, *, total_steps: int) -> Run:
@@ -154,10 +67,12 @@ def build(c, *, total_steps: int) -> Run:
     mesh = parallel.make_mesh(dict(c.mesh.shape),
                               parallel.mesh_devices(c.mesh.get("num_devices", 0)))
     rules = tuple(tuple(r) for r in c.mesh.rules)
-    model = llava_lib.Llava(cfg)
+    family = registry.for_config(cfg)
+    method = methods_lib.get(c.method)
+    model = family.module(cfg)
     with mesh_context(mesh, rules):
-        p_specs = llava_lib.param_logical_specs(cfg)
-        p_shapes = llava_lib.abstract_params(cfg)
+        p_specs = family.param_logical_specs(cfg)
+        p_shapes = family.abstract_params(cfg)
         p_sh = parallel.tree_shardings(p_specs, rules, mesh, p_shapes)
         params = base_params(c, cfg, p_sh)
         variables = {"params": params}
@@ -169,7 +84,7 @@ def build(c, *, total_steps: int) -> Run:
             variables["lora"] = jax.jit(lambda p, k: lora_lib.init_lora(cfg, p, k),
                                         out_shardings=l_sh)(params, jax.random.PRNGKey(c.seed + 1))
             shardings["lora"] = l_sh
-        groups = state_lib.param_groups(c)
+        groups = state_lib.param_groups(c, family)
         trainable, frozen = state_lib.split(variables, groups)
         if not jax.tree.leaves(trainable):
             raise defaults.ConfigError("nothing is trainable: enable LoRA, optim.train_projector "
@@ -178,7 +93,7 @@ def build(c, *, total_steps: int) -> Run:
         trainable = state_lib.cast_tree(trainable, jnp.float32)
         tr_sh, frozen_sh = state_lib.split(shardings, groups)
         ref = None
-        if c.method == "dpo":
+        if method.reference(c) is not None:
             # The reference keeps the initial values of trained base weights (not LoRA);
             # reference='precomputed' needs them once, for reference_logps.npz.
             ref = jax.tree.map(lambda x: x.astype(cfg.param_dtype),
@@ -201,7 +116,7 @@ def build(c, *, total_steps: int) -> Run:
     return Run(c=c, cfg=cfg, mesh=mesh, model=model, state=state, frozen=frozen, ref=ref,
                shardings={"state": state_sh, "frozen": frozen_sh, "ref": ref_sh,
                           "replicated": replicated, "rules": rules},
-               total_steps=total_steps)
+               total_steps=total_steps, family=family, method=method)
 
 
 def opt_state_shardings(opt_shapes, param_shardings, replicated):
@@ -221,9 +136,7 @@ def opt_state_shardings(opt_shapes, param_shardings, replicated):
 
 
 def loss_fn_for(run: Run):
-    if run.c.method == "sft":
-        return steps_lib.sft_loss_fn(run.model, run.c)
-    return steps_lib.dpo_loss_fn(run.model, run.c)
+    return run.method.loss_fn(run.model, run.c)
 
 
 class CompiledStep:
@@ -259,7 +172,7 @@ def jit_steps(run: Run, batch_like: dict):
     n_micro = run.c.train.global_batch_size // (run.c.train.micro_batch_size or run.c.train.global_batch_size)
     sh = run.shardings
     loss_fn = loss_fn_for(run)
-    groups = state_lib.param_groups(run.c)
+    groups = state_lib.param_groups(run.c, run.family)
     lr_fn = state_lib.schedule(run.c, next(g.lr for g in groups if g.name == "lm"), run.total_steps)
     batch_sh = {k: parallel.batch_sharding(run.mesh, sh["rules"], v.ndim) for k, v in batch_like.items()}
     train = jax.jit(steps_lib.make_train_step(loss_fn, n_micro, lr_fn),
@@ -305,7 +218,7 @@ def train(c) -> dict:
             f.write(c.to_json_best_effort(indent=2))
 
     cfg = model_config(c)
-    data = data_lib.TrainData(c, cfg)
+    data = data_lib.TrainData(c, cfg, methods_lib.get(c.method).batch)
     steps_per_epoch = data.steps_per_epoch
     total_steps = c.train.max_steps or c.train.num_epochs * steps_per_epoch
     run = build(c, total_steps=total_steps)
@@ -321,8 +234,8 @@ def train(c) -> dict:
                                  c.train.async_checkpointing)
     writer = metrics_lib.MetricWriter(c.workdir)
 
-    if c.method == "dpo" and c.dpo.reference == "precomputed":
-        data.attach_reference_logps(run, steps_lib.make_reference_step(run.model))
+    if run.method.reference(c) == "precomputed":
+        data.attach_reference_logps(run, run.method.reference_step(run.model))
         run.ref = None
         run.shardings["ref"] = None
 
@@ -410,10 +323,9 @@ def train(c) -> dict:
 
 
 def export_hf(run: Run, out_dir: str, tokenizer_dir: str | None):
-    from mmalign_jax import convert
     variables = state_lib.merge(run.frozen, jax.device_get(run.state.trainable))
-    convert.save_hf_llava(run.cfg, variables["params"], out_dir, lora=variables.get("lora"),
-                          tokenizer_dir=tokenizer_dir)
+    run.family.save_hf(run.cfg, variables["params"], out_dir, lora=variables.get("lora"),
+                       tokenizer_dir=tokenizer_dir)
     log.info("exported a transformers checkpoint to %s", out_dir)
 
 
@@ -452,8 +364,7 @@ def _report_compile(c, step: CompiledStep) -> dict:
 
 
 def _print_summary(c, s):
-    keys = [k for k in ("loss", "rewards/accuracy", "rewards/margin", "eval/loss",
-                        "eval/rewards/accuracy", "eval/rewards/margin", "tokens_per_s") if k in s]
+    keys = [k for k in methods_lib.get(c.method).summary + ("tokens_per_s",) if k in s]
     lines = [f"{c.method} finished: {s['steps']} steps in {s['seconds']:.0f}s "
              f"(compile {s.get('compile_seconds')}s)"]
     lines += [f"  {k:24s} {s[k]:.4f}" for k in keys]

@@ -1,70 +1,18 @@
-"""Train state: trainable and frozen variables as separate pytrees, per-group optimizers.
+"""Train state and per-group optimizers over the trainable variables.
 
-Variables are `{'params': ..., 'lora': ...}`. A leaf is trainable when its '/'-joined path
-(collection first, e.g. 'params/multi_modal_projector/linear_1/kernel') matches one of the
-optimizer groups; everything else is frozen: no gradient, no optimizer state, and it is not
-written to our checkpoints (it comes back from the base checkpoint it was loaded from).
+The split into trainable and frozen pytrees (`Group`, `param_groups`, `split`, `merge`,
+`labels`) lives in `mmalign_jax/variables.py`, shared with loading for inference.
 """
 from __future__ import annotations
 
-import re
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct, traverse_util
+from flax import struct
 
-
-class Group(NamedTuple):
-    name: str
-    regex: str
-    lr: float
-
-
-def param_groups(c) -> list[Group]:
-    """Optimizer groups from the config: LM (LoRA or full), projector, vision (rarely)."""
-    groups = []
-    if c.optim.train_projector:
-        groups.append(Group("projector", r"params/multi_modal_projector/.*", c.optim.projector_lr))
-    if c.lora.enabled:
-        groups.append(Group("lm", r"lora/.*", c.optim.lr))
-    else:
-        groups.append(Group("lm", r"params/language_model/.*", c.optim.lr))
-    if c.optim.train_vision:
-        groups.append(Group("vision", r"params/vision_tower/.*", c.optim.projector_lr))
-    return groups
-
-
-def _path(key: tuple) -> str:
-    return "/".join(str(k) for k in key)
-
-
-def group_of(path: str, groups: Sequence[Group]) -> str | None:
-    for g in groups:
-        if re.fullmatch(g.regex, path):
-            return g.name
-    return None
-
-
-def split(variables: dict, groups: Sequence[Group]) -> tuple[dict, dict]:
-    """(trainable, frozen) nested dicts; together they hold every leaf exactly once."""
-    flat = traverse_util.flatten_dict(variables)
-    trainable = {k: v for k, v in flat.items() if group_of(_path(k), groups)}
-    frozen = {k: v for k, v in flat.items() if k not in trainable}
-    return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
-
-
-def merge(*trees: dict) -> dict:
-    flat = {}
-    for t in trees:
-        flat.update(traverse_util.flatten_dict(t))
-    return traverse_util.unflatten_dict(flat)
-
-
-def labels(trainable: dict, groups: Sequence[Group]) -> dict:
-    flat = traverse_util.flatten_dict(trainable)
-    return traverse_util.unflatten_dict({k: group_of(_path(k), groups) for k in flat})
+from mmalign_jax.variables import Group, labels, merge, param_groups, split  # noqa: F401
 
 
 def schedule(c, peak_lr: float, total_steps: int) -> optax.Schedule:

@@ -1,8 +1,11 @@
-"""Pure step functions: SFT and DPO differ only in the forward/loss; the step is shared.
+"""Pure step functions: methods differ only in the forward/loss; the step is shared.
 
 A loss function maps (variables, micro-batch, rng) to a weighted *sum* and sums of metrics;
 `make_train_step` accumulates them over micro-batches and divides by the global denominator
-(tokens for SFT, pairs for DPO), so accumulation equals one big batch exactly.
+(tokens for SFT, pairs for the preference losses), so accumulation equals one big batch
+exactly. Which loss a run uses is the method's choice (`train/methods.py`). The model is
+driven through the family's method names (`method="embed"`, ...: docs/INTERNALS.md,
+"Model API"), so nothing here depends on a model family.
 """
 from __future__ import annotations
 
@@ -12,10 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from mmalign_jax import objectives
-from mmalign_jax.models import llava as llava_lib
+from mmalign_jax.models import registry
 from mmalign_jax.train import state as state_lib
-
-Llava = llava_lib.Llava
 
 
 # ---------------------------------------------------------------------------------- forwards
@@ -35,11 +36,11 @@ def _prompt_embeds(model, variables, batch, vision_features, kw):
     """Prompt embeddings with the images' projected features in the `<image>` slots."""
     feats = None
     if vision_features is not None:
-        feats = model.apply(variables, vision_features, method=Llava.project_images, **kw)
+        feats = model.apply(variables, vision_features, method="project_images", **kw)
     elif batch.get("pixel_values") is not None:
-        feats = model.apply(variables, batch["pixel_values"], method=Llava.encode_images, **kw)
+        feats = model.apply(variables, batch["pixel_values"], method="encode_images", **kw)
     return model.apply(variables, batch["prompt_ids"], feats, batch.get("image_mask"),
-                       method=Llava.embed, **kw)
+                       method="embed", **kw)
 
 
 def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
@@ -47,9 +48,9 @@ def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
     """(chosen, rejected) summed log-probs and token counts, sharing the prompt.
 
     The image is encoded once per pair; one pass over the layers computes the prompt rows
-    and both responses together (`Llava.decode_shared_prefix`: each response attends to
+    and both responses together (`decode_shared_prefix`: each response attends to
     this layer's prompt K/V and to itself, no KV cache); the LM head and log-softmax run
-    only at response positions. `vision_features` (`Llava.vision_features` of the batch's
+    only at response positions. `vision_features` (`vision_features` of the batch's
     images, computed with these variables' vision tower) skips running the tower again.
     """
     kw = dict(rngs={} if rng is None else {"dropout": rng})
@@ -59,16 +60,16 @@ def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
     resp_ids = jnp.stack([batch["chosen_ids"], batch["rejected_ids"]], axis=1)     # [B, 2, R]
     resp_mask = jnp.stack([batch["chosen_mask"], batch["rejected_mask"]], axis=1)
     resp_embeds = model.apply(variables, resp_ids.reshape(b, 2 * r), None, None,
-                              method=Llava.embed, **kw)
+                              method="embed", **kw)
     hidden_last, hidden_r = model.apply(
         variables, embeds, prompt_mask, resp_embeds.reshape(b, 2, r, -1), resp_mask,
-        deterministic=deterministic, method=Llava.decode_shared_prefix, **kw)
+        deterministic=deterministic, method="decode_shared_prefix", **kw)
     # Response token j is predicted by the hidden state one slot earlier: the last prompt
     # slot for j = 0 (prompts are left padded, so it is always slot p - 1).
     d = hidden_last.shape[-1]
     last = jnp.broadcast_to(hidden_last[:, None, None], (b, 2, 1, d))
     h = jnp.concatenate([last, hidden_r[:, :, :-1]], axis=2).reshape(b, 2 * r, d)
-    logits = model.apply(variables, h, method=Llava.lm_logits, **kw)            # [B, 2R, V]
+    logits = model.apply(variables, h, method="lm_logits", **kw)            # [B, 2R, V]
     logps, n = objectives.sequence_logps(logits.reshape(b * 2, r, -1),
                                          resp_ids.reshape(b * 2, r), resp_mask.reshape(b * 2, r))
     logps, n = logps.reshape(b, 2), n.reshape(b, 2)
@@ -78,7 +79,7 @@ def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
 def dpo_response_logps_cached(model, variables, batch, rng=None, deterministic=True,
                               vision_features=None):
     """The previous layout of `dpo_response_logps`, kept as a reference for tests and
-    benchmarks: the prompt is prefilled into a KV cache of P + R slots (`Llava.decode`), the
+    benchmarks: the prompt is prefilled into a KV cache of P + R slots (`decode`), the
     cache is duplicated for chosen and rejected, and both responses decode against it."""
     kw = dict(rngs={} if rng is None else {"dropout": rng})
     cfg = model.cfg
@@ -86,11 +87,11 @@ def dpo_response_logps_cached(model, variables, batch, rng=None, deterministic=T
     b, p = prompt_mask.shape
     r = batch["chosen_ids"].shape[1]
     embeds = _prompt_embeds(model, variables, batch, vision_features, kw)
-    cache = llava_lib.init_cache(cfg, b, p + r, embeds.dtype)
+    cache = registry.for_config(cfg).init_cache(cfg, b, p + r, embeds.dtype)
     slot_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, r), prompt_mask.dtype)], axis=1)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
     hidden_p, cache = model.apply(variables, embeds, slot_mask, positions, cache,
-                                  deterministic=deterministic, method=Llava.decode, **kw)
+                                  deterministic=deterministic, method="decode", **kw)
 
     def twice(x):
         return jnp.concatenate([x, x], axis=0)
@@ -99,17 +100,17 @@ def dpo_response_logps_cached(model, variables, batch, rng=None, deterministic=T
     resp_mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
     cache = {**cache, "k": jnp.concatenate([cache["k"]] * 2, axis=1),  # [L, 2B, S, K, Dh]
              "v": jnp.concatenate([cache["v"]] * 2, axis=1)}
-    resp_embeds = model.apply(variables, resp_ids, None, None, method=Llava.embed, **kw)
+    resp_embeds = model.apply(variables, resp_ids, None, None, method="embed", **kw)
     prompt_len = prompt_mask.sum(axis=1, keepdims=True)
     resp_positions = twice(prompt_len) + jnp.arange(r)[None, :]
     hidden_r, _ = model.apply(variables, resp_embeds,
                               jnp.concatenate([twice(prompt_mask), resp_mask], axis=1),
                               resp_positions, cache, deterministic=deterministic,
-                              method=Llava.decode, **kw)
+                              method="decode", **kw)
     # Response token j is predicted by the hidden state one slot earlier: the last prompt
     # slot for j = 0 (prompts are left padded, so it is always slot p - 1).
     h = jnp.concatenate([twice(hidden_p[:, -1:]), hidden_r[:, :-1]], axis=1)
-    logits = model.apply(variables, h, method=Llava.lm_logits, **kw)
+    logits = model.apply(variables, h, method="lm_logits", **kw)
     logps, n = objectives.sequence_logps(logits, resp_ids, resp_mask)
     return logps[:b], logps[b:], n[:b], n[b:]
 
@@ -137,18 +138,37 @@ def reduce_logps(c, logps, n):
     return logps / jnp.maximum(n, 1.0) if c.dpo.logp_reduction == "mean" else logps
 
 
-def _same_vision_tower(variables, ref_variables) -> bool:
-    """True when policy and reference hold the very same vision-tower arrays (the tower is
-    frozen: both are merged from the same frozen tree), so its output can be shared."""
+def _same_vision_tower(variables, ref_variables, key: str) -> bool:
+    """True when policy and reference hold the very same vision-tower arrays (`params[key]`;
+    the tower is frozen: both are merged from the same frozen tree), so its output can be
+    shared."""
     try:
-        a = variables["params"]["vision_tower"]
-        b = ref_variables["params"]["vision_tower"]
+        a = variables["params"][key]
+        b = ref_variables["params"][key]
     except (KeyError, TypeError):
         return False
-    if "vision_tower" in variables.get("lora", {}) or "vision_tower" in ref_variables.get("lora", {}):
+    if key in variables.get("lora", {}) or key in ref_variables.get("lora", {}):
         return False
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return bool(la) and len(la) == len(lb) and all(x is y for x, y in zip(la, lb))
+
+
+def _pair_sums(batch, losses, chosen_rewards, rejected_rewards, pc, pr, nc, nr) -> tuple:
+    """(weighted loss sum, pairs, metric sums) of a preference loss: what every method of
+    the DPO family reports."""
+    w = batch["weight"]
+    total = (losses * w).sum()
+    sums = {
+        "loss": total,
+        "rewards/chosen": (chosen_rewards * w).sum(),
+        "rewards/rejected": (rejected_rewards * w).sum(),
+        "rewards/accuracy": ((chosen_rewards > rejected_rewards) * w).sum(),
+        "rewards/margin": ((chosen_rewards - rejected_rewards) * w).sum(),
+        "logps/chosen": (pc * w).sum(),
+        "logps/rejected": (pr * w).sum(),
+        "tokens": ((nc + nr) * w).sum() + (batch["prompt_mask"].sum(1) * w).sum(),
+    }
+    return total, w.sum(), sums
 
 
 def dpo_loss_fn(model, c):
@@ -157,12 +177,14 @@ def dpo_loss_fn(model, c):
     With an online reference and a frozen vision tower (the same arrays on both sides), the
     tower runs once per batch and both sides project its output with their own projector.
     """
+    vision_key = registry.for_config(model.cfg).vision_key
+
     def loss(variables, ref_variables, batch, rng, deterministic=False):
         vision = None
         if (ref_variables is not None and batch.get("pixel_values") is not None
-                and _same_vision_tower(variables, ref_variables)):
+                and _same_vision_tower(variables, ref_variables, vision_key)):
             vision = jax.lax.stop_gradient(model.apply(
-                variables, batch["pixel_values"], method=Llava.vision_features))
+                variables, batch["pixel_values"], method="vision_features"))
         pc, pr, nc, nr = dpo_response_logps(model, variables, batch, rng, deterministic,
                                             vision_features=vision)
         if ref_variables is None:
@@ -177,19 +199,21 @@ def dpo_loss_fn(model, c):
             label_smoothing=c.dpo.label_smoothing)
         if c.dpo.sft_weight:
             losses = losses + c.dpo.sft_weight * (-pc / jnp.maximum(nc, 1.0))
-        w = batch["weight"]
-        total = (losses * w).sum()
-        sums = {
-            "loss": total,
-            "rewards/chosen": (cr * w).sum(),
-            "rewards/rejected": (rj * w).sum(),
-            "rewards/accuracy": ((cr > rj) * w).sum(),
-            "rewards/margin": ((cr - rj) * w).sum(),
-            "logps/chosen": (pc * w).sum(),
-            "logps/rejected": (pr * w).sum(),
-            "tokens": ((nc + nr) * w).sum() + (batch["prompt_mask"].sum(1) * w).sum(),
-        }
-        return total, w.sum(), sums
+        return _pair_sums(batch, losses, cr, rj, pc, pr, nc, nr)
+    return loss
+
+
+def simpo_loss_fn(model, c):
+    """SimPO: reference-free, on mean (per-token) response log-probs, target margin γ."""
+    def loss(variables, ref_variables, batch, rng, deterministic=False):
+        del ref_variables
+        pc, pr, nc, nr = dpo_response_logps(model, variables, batch, rng, deterministic)
+        losses, cr, rj = objectives.simpo_loss(
+            pc / jnp.maximum(nc, 1.0), pr / jnp.maximum(nr, 1.0), beta=c.simpo.beta,
+            gamma=c.simpo.gamma, label_smoothing=c.simpo.label_smoothing)
+        if c.simpo.sft_weight:
+            losses = losses + c.simpo.sft_weight * (-pc / jnp.maximum(nc, 1.0))
+        return _pair_sums(batch, losses, cr, rj, pc, pr, nc, nr)
     return loss
 
 
