@@ -88,3 +88,23 @@ def test_sft_loss_is_sum_and_count():
     total, count = objectives.sft_loss(logits, labels, mask)
     assert float(count) == 3
     assert float(total) == pytest.approx(-(math.log(0.5) + math.log(0.75) + math.log(0.8)), rel=1e-6)
+
+
+def test_simpo_matches_formula():
+    """SimPO (Meng et al. 2024, eq. 6): −log σ(β/|y_w|·log π(y_w|x) − β/|y_l|·log π(y_l|x) − γ),
+    on the policy's summed log-probs divided by the response lengths — no reference."""
+    sum_c, len_c, sum_r, len_r = -12.0, 4.0, -30.0, 6.0    # means -3.0 and -5.0
+    beta, gamma = 2.0, 1.5
+    losses, cr, rr = objectives.simpo_loss(jnp.array([sum_c / len_c]), jnp.array([sum_r / len_r]),
+                                           beta=beta, gamma=gamma)
+    h = beta * (-3.0) - beta * (-5.0) - gamma                  # 2.5
+    assert float(losses[0]) == pytest.approx(-_logsig(h), rel=1e-6)
+    assert float(losses[0]) == pytest.approx(math.log1p(math.exp(-2.5)), rel=1e-6)
+    assert float(cr[0]) == pytest.approx(-6.0) and float(rr[0]) == pytest.approx(-10.0)
+    smoothed, _, _ = objectives.simpo_loss(jnp.array([-3.0]), jnp.array([-5.0]), beta=beta,
+                                           gamma=gamma, label_smoothing=0.1)
+    assert float(smoothed[0]) == pytest.approx(-0.9 * _logsig(h) - 0.1 * _logsig(-h), rel=1e-6)
+    # the margin γ is what the rewards must clear: at a reward gap of exactly γ the loss is log 2
+    at_margin, _, _ = objectives.simpo_loss(jnp.array([-3.0]), jnp.array([-3.0 - gamma / beta]),
+                                            beta=beta, gamma=gamma)
+    assert float(at_margin[0]) == pytest.approx(math.log(2.0), rel=1e-6)
