@@ -211,7 +211,7 @@ def hf_tokenizer(path: str, cfg):
 
 def _tokenizer(spec: str, fallback, cfg):
     if spec == "demo":
-        from mmalign_jax.data.demo import tokenizer as demo_tok
+        from mmalign_jax.demo import tokenizer as demo_tok
         return demo_tok.load_tokenizer()
     if spec:
         return hf_tokenizer(spec, cfg)

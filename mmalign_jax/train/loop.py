@@ -86,7 +86,7 @@ def vision_init_params(c, cfg) -> dict:
     the demo's encoder (once, cached in <workdir>/vision_pretrain), as LLaVA starts from a
     pretrained CLIP; any other value is a `vision_tower.msgpack` written by that step."""
     from flax import serialization
-    from mmalign_jax.data.demo import vision_pretrain
+    from mmalign_jax.demo import vision_pretrain
     if c.model.vision_init == defaults.DEMO_VISION:
         data_root = (os.path.join(c.workdir, "data") if c.data.source == "demo"
                      else os.path.dirname(os.path.normpath(c.data.data_dir)))
