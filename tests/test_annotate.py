@@ -15,12 +15,13 @@ import pytest
 from PIL import Image as PILImage
 
 from fake_llm_server import FakeLLMServer, count_images, prompt_text
-from mmalign_jax.annotate import (GUIDE_VERSION, AnnotationFileError, DemoAnnotator,
-                                  GeminiAnnotator, InvalidAnswer, agreement,
-                                  annotate_records, apply_annotations, parse_answer)
+from mmalign_jax.annotate import (GUIDE_VERSION, AnnotationFileError, GeminiAnnotator,
+                                  InvalidAnswer, agreement, annotate_records,
+                                  apply_annotations, parse_answer)
 from mmalign_jax.annotate.__main__ import main as cli_main
 from mmalign_jax.data.pairs import make_pairs
 from mmalign_jax.data.records import ATTRIBUTES, Record, Response, load_records
+from mmalign_jax.demo.annotator import DemoAnnotator
 from mmalign_jax.remote import RateLimiter, make_client
 
 KEY = "FAKE-KEY-annotate-5b2e8d41c9"
@@ -277,7 +278,7 @@ def test_auth_error_stops_the_job(tmp_path, env_key):
 
 # --------------------------------------------------------------------------- demo + merge
 def test_demo_annotator_reproduces_demo_scores_and_feeds_pairs(tmp_path):
-    from mmalign_jax.data.demo import write_dataset
+    from mmalign_jax.demo import write_dataset
     paths = write_dataset(str(tmp_path / "demo"), n_train=12, n_eval=2, n_text_train=4)
     records = load_records(paths["train"]).records + load_records(paths["train_text"]).records
     out = str(tmp_path / "demo_ann.jsonl")
@@ -310,7 +311,7 @@ def test_demo_annotator_reproduces_demo_scores_and_feeds_pairs(tmp_path):
 
 def test_a_second_job_on_the_same_output_is_refused(tmp_path):
     from mmalign_jax.store import JobLocked, exclusive_lock
-    from mmalign_jax.data.demo import write_dataset
+    from mmalign_jax.demo import write_dataset
     records = load_records(write_dataset(str(tmp_path / "d"), n_train=2, n_eval=1)["train"]).records
     out = str(tmp_path / "ann.jsonl")
     held = exclusive_lock(str(tmp_path / "ann.lock"), "test")   # as if another job ran

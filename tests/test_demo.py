@@ -6,12 +6,13 @@ import random
 import pytest
 from PIL import Image
 
-from mmalign_jax.data.demo import generate as G
-from mmalign_jax.data.demo import questions as Q
-from mmalign_jax.data.demo import text_tasks as T
-from mmalign_jax.data.demo import tokenizer as TK
-from mmalign_jax.data.demo.scorer import ATTRIBUTES, DemoScorer, explain_answer, score_answer
-from mmalign_jax.data.demo.shapes import Scene, SceneObject, draw_scene, random_scene
+from mmalign_jax.demo import generate as G
+from mmalign_jax.demo import questions as Q
+from mmalign_jax.demo import text_tasks as T
+from mmalign_jax.demo import tokenizer as TK
+from mmalign_jax.demo.answers import CORRECT_KINDS
+from mmalign_jax.demo.scorer import ATTRIBUTES, DemoScorer, explain_answer, score_answer
+from mmalign_jax.demo.shapes import Scene, SceneObject, draw_scene, random_scene
 
 WRONG = ("wrong_attribute", "hallucinated", "incoherent")
 
@@ -26,7 +27,7 @@ def _check_scores(s):
 
 
 def _check_ordering(scores_by_kind, where):
-    for good in Q.CORRECT_KINDS:
+    for good in CORRECT_KINDS:
         for bad in WRONG:
             assert hcc(scores_by_kind[good]) > hcc(scores_by_kind[bad]), (where, good, bad, scores_by_kind)
     assert scores_by_kind["correct_verbose"]["verbosity"] > scores_by_kind["correct_concise"]["verbosity"], \
@@ -301,7 +302,7 @@ def test_tokenizer_round_trips_demo_text(tok):
             texts.append(r["conversation"][0]["content"].replace("<image>\n", ""))
             texts += [x["text"] for x in r["responses"]]
             texts += [t["content"] for t in r["conversation"][1:]]
-    from mmalign_jax.data.demo.train_tokenizer import STEERLM_SUFFIX, SYSTEM_PROMPT
+    from mmalign_jax.demo.train_tokenizer import STEERLM_SUFFIX, SYSTEM_PROMPT
     texts += [SYSTEM_PROMPT, "USER:", "ASSISTANT:",
               STEERLM_SUFFIX.format(h=4, c=4, o=4, x=4, v=4).lstrip("\n")]
     for t in texts:
@@ -315,7 +316,7 @@ def test_tokenizer_round_trips_demo_text(tok):
 
 
 def test_train_tokenizer_reproduces_shipped_file():
-    from mmalign_jax.data.demo import train_tokenizer
+    from mmalign_jax.demo import train_tokenizer
     trained = json.loads(train_tokenizer.train().to_str())
     shipped = json.loads(TK.TOKENIZER_FILE.read_text())
     assert trained["model"]["vocab"] == shipped["model"]["vocab"]

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from mmalign_jax.data.demo import answer_quality as aq
-from mmalign_jax.data.demo import generate as demo_gen
-from mmalign_jax.data.demo import vision_pretrain as vp
+from mmalign_jax.demo import answer_quality as aq
+from mmalign_jax.demo import generate as demo_gen
+from mmalign_jax.demo import vision_pretrain as vp
 from mmalign_jax.models import presets
 
 
@@ -13,7 +13,7 @@ def test_cell_labels_follow_the_patch_order():
              "objects": [{"shape": "star", "color": "red", "row": 0, "col": 2},
                          {"shape": "circle", "color": "blue", "row": 2, "col": 0}]}
     shape, colour = vp.cell_labels(scene)
-    from mmalign_jax.data.demo.shapes import COLOR_NAMES, SHAPES
+    from mmalign_jax.demo.shapes import COLOR_NAMES, SHAPES
     want_s = np.zeros(9, int)
     want_c = np.zeros(9, int)
     want_s[2], want_c[2] = SHAPES.index("star") + 1, COLOR_NAMES.index("red") + 1
@@ -26,7 +26,7 @@ def test_head_labels_give_each_cell_its_object_and_place():
     scene = {"grid": 3, "background": "dark gray",
              "objects": [{"shape": "star", "color": "red", "row": 0, "col": 2},
                          {"shape": "circle", "color": "blue", "row": 2, "col": 0}]}
-    from mmalign_jax.data.demo.shapes import COLOR_NAMES, SHAPES
+    from mmalign_jax.demo.shapes import COLOR_NAMES, SHAPES
     y = vp.head_labels(scene)
     assert set(y) == set(vp.HEADS)
     np.testing.assert_array_equal(y["row"], [0, 0, 0, 1, 1, 1, 2, 2, 2])

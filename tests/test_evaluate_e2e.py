@@ -43,7 +43,7 @@ def model_dir(tmp_path_factory):
     import jax
 
     from mmalign_jax import convert
-    from mmalign_jax.data.demo.tokenizer import load_tokenizer
+    from mmalign_jax.demo.tokenizer import load_tokenizer
     from mmalign_jax.models import llava, presets
 
     # Random weights drawn with numpy on the abstract shapes: the same model as a seeded

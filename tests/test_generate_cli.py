@@ -38,8 +38,8 @@ BASE = {"batch_size": 2, "mesh.num_devices": 2, "mesh.shape.data": 2, "sampling.
 def setup(tmp_path_factory):
     """(hf folder, demo data paths): a random `tiny` model + demo tokenizer, 12 demo prompts."""
     from mmalign_jax import convert
-    from mmalign_jax.data.demo import generate as demo_gen
-    from mmalign_jax.data.demo import tokenizer as demo_tok
+    from mmalign_jax.demo import generate as demo_gen
+    from mmalign_jax.demo import tokenizer as demo_tok
     from mmalign_jax.models import presets
 
     root = tmp_path_factory.mktemp("gen")
@@ -205,7 +205,7 @@ def test_records_hold_n_samples_with_distinct_seeds(setup, uninterrupted, tmp_pa
 
 def test_sft_records_and_attribute_strings_reach_the_prompt(setup, tmp_path, monkeypatch):
     from mmalign_jax.data import pairs
-    from mmalign_jax.data.demo import tokenizer as demo_tok
+    from mmalign_jax.demo import tokenizer as demo_tok
 
     seen = []
     real = candidates.generate_tokens

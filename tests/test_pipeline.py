@@ -36,7 +36,7 @@ def _local_tokenizer():
 
 def _tokenizer():
     try:   # the demo tokenizer when it exists and handles our texts
-        from mmalign_jax.data.demo.tokenizer import load_tokenizer
+        from mmalign_jax.demo.tokenizer import load_tokenizer
         tok = load_tokenizer()
         chat.tokenize([{"role": "user", "content": "<image>\nSay 3."},
                        {"role": "assistant", "content": "Answer 1 Same."}], tok,

@@ -69,7 +69,7 @@ def test_every_stage_runs_and_feeds_the_next(first_run):
     assert all(len(r.responses) == 4 for r in cands)
     assert all(r.responses[0].source.startswith("sft@T1.5/seed=0/sample=") for r in cands)
     # annotation: each scored by the demo scorer, exactly as the scorer scores it
-    from mmalign_jax.data.demo.scorer import DemoScorer
+    from mmalign_jax.demo.scorer import DemoScorer
     scored = records_lib.load_records(out["annotate_train"]["scored"], strict=True).records
     assert len(scored) == 16
     for r in scored:
@@ -90,7 +90,7 @@ def test_every_stage_runs_and_feeds_the_next(first_run):
 
 
 def test_evaluation_continues_the_held_out_split_and_compares_each_method_with_sft(first_run):
-    from mmalign_jax.data.demo.generate import make_sft_records
+    from mmalign_jax.demo.generate import make_sft_records
 
     p, _ = first_run
     ev = os.path.join(p.workdir, "evaluation")

@@ -142,7 +142,7 @@ def test_cli(data, tmp_path):
 
 
 def test_cli_demo(tmp_path):
-    pytest.importorskip("mmalign_jax.data.demo.generate")
+    pytest.importorskip("mmalign_jax.demo.generate")
     env = dict(os.environ, PYTHONPATH=REPO)
     out = str(tmp_path / "demo")
     p = subprocess.run([sys.executable, "-m", "mmalign_jax.data", "demo", "--out", out,

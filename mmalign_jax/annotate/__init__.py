@@ -13,8 +13,7 @@ Command line: `python -m mmalign_jax.annotate --records IN.jsonl --image-root DI
 OUT.jsonl` (see `__main__.py`).
 """
 from .agreement import agreement, format_agreement, pearson, spearman
-from .annotator import (Annotation, AnnotationFailed, Annotator, DemoAnnotator,
-                        candidates_hash)
+from .annotator import Annotation, AnnotationFailed, Annotator, candidates_hash
 from .gemini import DEFAULT_MODEL, GeminiAnnotator, InvalidAnswer, parse_answer
 from .prompts import GUIDE, GUIDE_VERSION, build_prompt, response_schema
 from .results import AnnotationFileError, apply_annotations, iter_rows, latest_rows
@@ -22,7 +21,7 @@ from .run import Report, annotate_records, output_paths
 
 __all__ = [
     "Annotation", "AnnotationFailed", "AnnotationFileError", "Annotator", "DEFAULT_MODEL",
-    "DemoAnnotator", "GUIDE", "GUIDE_VERSION", "GeminiAnnotator", "InvalidAnswer", "Report",
+    "GUIDE", "GUIDE_VERSION", "GeminiAnnotator", "InvalidAnswer", "Report",
     "agreement", "annotate_records", "apply_annotations", "build_prompt", "candidates_hash",
     "format_agreement", "iter_rows", "latest_rows", "output_paths", "parse_answer", "pearson",
     "response_schema", "spearman",

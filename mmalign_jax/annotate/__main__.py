@@ -21,7 +21,6 @@ import sys
 from ..data.records import RecordError, load_records, write_records
 from ..remote import RateLimiter, RemoteError, make_client
 from .agreement import agreement, format_agreement
-from .annotator import DemoAnnotator
 from .gemini import DEFAULT_MODEL, GeminiAnnotator
 from .results import AnnotationFileError, apply_annotations
 from ..store import StoreError
@@ -131,6 +130,7 @@ def run_annotate(argv) -> int:
         return _fail(f"cannot read records: {e}")
     try:
         if args.annotator == "demo":
+            from mmalign_jax.demo.annotator import DemoAnnotator  # the demo task, on demand
             annotator = DemoAnnotator()
         else:
             client = make_client(args.provider, args.model, base_url=args.base_url,

@@ -5,7 +5,8 @@ the same code whether Gemini or the demo task's ground truth did the scoring; on
 object passed to `annotate_records` changes. Two real implementations:
 
 - `GeminiAnnotator` (`gemini.py`): a hosted vision model following our guide.
-- `DemoAnnotator` (here): the demo task's ground-truth scorer, offline and exact.
+- `DemoAnnotator` (`mmalign_jax/demo/annotator.py`): the demo task's ground-truth scorer,
+  offline and exact.
 
 An annotator has a `name` (the model, e.g. "gemini:gemini-2.5-flash") and a
 `guide_version`; both go into every output row and into the key that decides what is done.
@@ -20,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
-from ..data.records import ATTRIBUTES, Record
+from ..data.records import Record
 
 
 @dataclass
@@ -61,24 +62,3 @@ def candidates_hash(texts: Sequence[str]) -> str:
     scores."""
     blob = json.dumps(list(texts), ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-class DemoAnnotator:
-    """The demo task's ground-truth scorer (`data.demo.scorer.DemoScorer`) behind the
-    Annotator interface. Needs demo records (`meta.question`, and `meta.scene` for visual
-    questions); other records fail with a reason naming the record."""
-
-    guide_version = "demo-ground-truth"
-
-    def __init__(self):
-        from ..data.demo.scorer import DemoScorer
-        self._scorer = DemoScorer()
-        self.name = self._scorer.name
-
-    def annotate(self, record: Record) -> Annotation:
-        texts = [r.text for r in record.responses]
-        try:
-            scores = self._scorer.annotate(record, texts)
-        except (ValueError, KeyError, TypeError) as e:
-            raise AnnotationFailed(f"demo scorer cannot score record {record.id!r}: {e}") from None
-        return Annotation([{a: int(s[a]) for a in ATTRIBUTES} for s in scores], attempts=0)

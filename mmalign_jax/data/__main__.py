@@ -40,7 +40,7 @@ def _demo_files(out: str, written) -> tuple[dict[str, str], str]:
 
 def _demo(args) -> int:
     from . import tfds_builder
-    from .demo import generate
+    from ..demo import generate
     written = generate.write_dataset(args.out, args.n_train, args.n_eval, args.seed)
     paths, root = _demo_files(args.out, written)
     if not paths:

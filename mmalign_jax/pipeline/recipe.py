@@ -23,10 +23,10 @@ otherwise resume from (a training workdir, a candidates file) are first moved as
 `<path>.superseded-<old fingerprint>`.
 
 The demo (default): the library writes the synthetic visual task, trains the tiny SFT model
-(its vision tower pretrained first, `data/demo/vision_pretrain.py`), samples candidates
+(its vision tower pretrained first, `demo/vision_pretrain.py`), samples candidates
 from it, lets the ground-truth scorer annotate them (the same `Annotator` interface as
 Gemini), trains the three methods from the SFT model, and grades every model's greedy
-answers to held-out questions (`data/demo/answer_quality.py`).
+answers to held-out questions (`demo/answer_quality.py`).
 """
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def demo_data(p) -> dict:
     """The synthetic task: prompts (their made-up candidates are replaced by samples later),
     SFT conversations, text tasks and held-out splits, plus the SFT stage's TFDS splits."""
     from mmalign_jax.data import tfds_builder
-    from mmalign_jax.data.demo import generate
+    from mmalign_jax.demo import generate
     from mmalign_jax.train import data as train_data
 
     out = os.path.join(p.workdir, "data")
@@ -279,7 +279,8 @@ def make_annotator(p):
     from mmalign_jax import annotate
     a = p.annotate
     if a.annotator == "demo":
-        return annotate.DemoAnnotator()
+        from mmalign_jax.demo.annotator import DemoAnnotator
+        return DemoAnnotator()
     if a.annotator == "gemini":
         from mmalign_jax.remote import RateLimiter, make_client
         client = make_client(a.provider, a.model, base_url=a.base_url or None)
@@ -378,7 +379,7 @@ def method_seeds(p) -> List[int]:
 
 def evaluate_demo(p, models: Dict[str, List[str]]) -> dict:
     """Greedy answers of every model to held-out questions, graded by the ground truth."""
-    from mmalign_jax.data.demo import answer_quality
+    from mmalign_jax.demo import answer_quality
     from mmalign_jax.data.records import write_jsonl
     from mmalign_jax.evaluate import answers
     from mmalign_jax.generate import candidates
@@ -435,7 +436,7 @@ def demo_eval_sets(p) -> Dict[str, List[dict]]:
     continued with more records of the same held-out split when `evaluate.n_prompts` asks
     for more (the demo's splits are endless and per-index, so record i is the same
     whichever file holds it); 0 = the files as they are."""
-    from mmalign_jax.data.demo.generate import make_sft_records
+    from mmalign_jax.demo.generate import make_sft_records
 
     data = os.path.join(p.workdir, "data")
     with open(os.path.join(data, "manifest.json")) as f:

@@ -29,7 +29,7 @@ def load_tokenizer(c):
     if path:
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(path), path
-    from mmalign_jax.data.demo import tokenizer as demo_tok
+    from mmalign_jax.demo import tokenizer as demo_tok
     return demo_tok.load_tokenizer(), os.path.dirname(demo_tok.__file__)
 
 
@@ -39,7 +39,7 @@ def demo_data_dir(c) -> str:
     data_dir = os.path.join(out, "tfds")
     done = os.path.join(out, "BUILT")
     if jax.process_index() == 0 and not os.path.exists(done):
-        from mmalign_jax.data.demo import generate
+        from mmalign_jax.demo import generate
         d = c.data.demo
         log.info("writing the demo task (%d train / %d eval prompts) to %s", d.n_train, d.n_eval, out)
         generate.write_dataset(out, d.n_train, d.n_eval, d.seed)

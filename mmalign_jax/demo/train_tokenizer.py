@@ -1,6 +1,6 @@
 """Train the demo BPE tokenizer on text of the demo task and write tokenizer.json.
 
-    python -m mmalign_jax.data.demo.train_tokenizer [--out PATH] [--vocab-size 1000]
+    python -m mmalign_jax.demo.train_tokenizer [--out PATH] [--vocab-size 1000]
 
 Deterministic: the corpus is a fixed function of the generators (own random stream,
 'tokenizer' split) and the BPE trainer breaks ties by pair order, so rerunning reproduces the
@@ -16,6 +16,10 @@ import string
 from pathlib import Path
 from typing import List, Optional
 
+from . import questions as Q
+from . import text_tasks as T
+from .generate import _rng
+from .shapes import random_scene
 from .tokenizer import SPECIAL_TOKENS, TOKENIZER_FILE, VOCAB_SIZE
 
 SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
@@ -30,11 +34,6 @@ ALPHABET = sorted(set(string.printable) - set(" \t\r\x0b\x0c")) + ["\u2581"]
 
 def build_corpus(seed: int = 0, n_vqa: int = 2000, n_text: int = 1000) -> List[str]:
     """Texts in the shapes they take in training: the part before <image>, and the rest."""
-    from . import questions as Q
-    from . import text_tasks as T
-    from .generate import _rng
-    from .shapes import random_scene
-
     texts: List[str] = [SYSTEM_PROMPT, *ROLE_WORDS]
     head = f"{SYSTEM_PROMPT} USER: "
     for i in range(n_vqa):
@@ -80,7 +79,7 @@ def train(corpus: Optional[List[str]] = None, vocab_size: int = VOCAB_SIZE, seed
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m mmalign_jax.data.demo.train_tokenizer",
+    ap = argparse.ArgumentParser(prog="python -m mmalign_jax.demo.train_tokenizer",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(TOKENIZER_FILE))
     ap.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)

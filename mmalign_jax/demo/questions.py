@@ -10,21 +10,18 @@ One question per example, of five kinds (chosen by the seeded rng):
 
 A question is a JSON-able dict: {"kind", "variant", "text", "shape", "color", "axis"}
 (unused fields are None). Candidates are dicts {"text", "kind"} with kind in
-CANDIDATE_KINDS; wording is drawn from several templates per kind.
+CANDIDATE_KINDS (`answers.py`); wording is drawn from several templates per kind.
 """
 from __future__ import annotations
 
 import random
 from typing import Dict, List, Optional, Sequence
 
+from .answers import CANDIDATE_KINDS, coherence_score, verbosity_score
 from .shapes import (BACKGROUND_NAME, COLOR_NAMES, GRID, PLURALS, POSITION_PHRASES, SHAPES,
                      Scene, SceneObject)
 
 QUESTION_KINDS = ("color", "count", "position", "existence", "describe")
-CANDIDATE_KINDS = ("correct_concise", "correct_verbose", "wrong_attribute", "hallucinated",
-                   "incoherent")
-CORRECT_KINDS = ("correct_concise", "correct_verbose")
-WRONG_KINDS = ("wrong_attribute", "hallucinated", "incoherent")
 
 NUMBER_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FOREIGN_THINGS = ("heart", "diamond", "tree", "dog", "house", "flower", "cloud", "ball")
@@ -452,7 +449,6 @@ _CUT_WORDS = {"the", "a", "an", "in", "on", "at", "of", "and", "to", "with"}
 
 
 def _incoherent_answer(scene: Scene, q: dict, rng: random.Random) -> str:
-    from .scorer import coherence_score
     source = _verbose_answer(scene, q, rng)
     words = source.replace(".", " .").replace(",", " ,").replace(":", " :").split()
     plain = [w for w in words if w not in (".", ",", ":")]
@@ -490,7 +486,6 @@ def _incoherent_answer(scene: Scene, q: dict, rng: random.Random) -> str:
 def make_candidates(scene: Scene, q: dict, rng: random.Random,
                     kinds: Sequence[str] = CANDIDATE_KINDS) -> List[Dict[str, str]]:
     """One candidate answer per kind, in the order of `kinds`."""
-    from .scorer import verbosity_score
     out = []
     concise = None
     for kind in kinds:

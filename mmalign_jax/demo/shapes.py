@@ -11,6 +11,7 @@ Everything is deterministic: `random_scene(rng)` consumes a `random.Random`, and
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from typing import Iterable, Optional, Sequence, Tuple
 
@@ -146,7 +147,6 @@ def random_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 4)
 
 
 def _regular_points(cx: float, cy: float, radii: Sequence[float], n: int, start_deg: float):
-    import math
     pts = []
     for i in range(n):
         a = math.radians(start_deg + 360.0 * i / n)

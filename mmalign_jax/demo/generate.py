@@ -1,6 +1,6 @@
 """Write the demo task as records (DESIGN.md "Records") plus PNG images.
 
-    python -m mmalign_jax.data.demo.generate --out DIR --n-train N --n-eval M --seed S
+    python -m mmalign_jax.demo.generate --out DIR --n-train N --n-eval M --seed S
 
 Every record is a pure function of (stream, split, seed, index): example i of the train split
 is the same whatever n is, and train / eval / SFT / text use separate random streams, so the
@@ -197,7 +197,7 @@ def write_dataset(out_dir, n_train: int, n_eval: int, seed: int = 0,
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m mmalign_jax.data.demo.generate",
+    ap = argparse.ArgumentParser(prog="python -m mmalign_jax.demo.generate",
                                  description="Write the synthetic demo dataset (images + JSONL).")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--n-train", type=int, default=2048)

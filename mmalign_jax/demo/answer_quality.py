@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from . import scorer as scorer_lib
 from . import text_tasks
+from .answers import words_of
+from .generate import record_image
 from .shapes import Scene
 
 METRICS = ("accuracy", "strict_accuracy", "hallucination_rate", "incoherent_rate", "words")
@@ -47,7 +49,7 @@ def grade(record: Mapping[str, Any], answer: str) -> Dict[str, Any]:
             "strict_correct": right and not e["false_claims"],
             "hallucinated": bool(e["false_claims"]),
             "incoherent": e["scores"]["coherence"] < 4,
-            "words": len(scorer_lib.words_of(answer)),
+            "words": len(words_of(answer)),
             "scores": e["scores"]}
 
 
@@ -74,7 +76,6 @@ def answer(generator, records: Sequence[Mapping[str, Any]], *, image_size: int,
            max_new_tokens: int = 64, seed: int = 0, sampling=None) -> List[str]:
     """Greedy (or `sampling`) answers of a `generate.Generator` to the records' prompts."""
     from mmalign_jax.generate import SamplingConfig
-    from .generate import record_image
 
     convs = [prompt_conversation(r) for r in records]
     images = []

@@ -16,7 +16,7 @@ number"), comparisons ("25 is larger than 17"), word lengths ("'apple' has 5 let
 and every sentence that refers to an image, picture or coloured shape (without a negation)
 is a false claim.
 The same `combine` turns these into helpfulness / correctness; coherence, complexity and
-verbosity use the shared text checks.
+verbosity use the shared text checks (`answers.py`).
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ import random
 import re
 from typing import Dict, List, Optional, Sequence
 
-from . import scorer as _sc
-from .questions import CANDIDATE_KINDS
+from . import answers as _ans
+from .answers import CANDIDATE_KINDS
+from .shapes import COLOR_NAMES, SHAPES
 
 TASK_KINDS = ("add", "subtract", "multiply", "compare", "reverse", "uppercase", "count_letter")
 
@@ -41,7 +42,7 @@ WORDS = (
     "shadow", "ticket", "velvet", "cat", "dog", "sun", "cup", "pen", "box", "hat", "map",
 )
 
-_NUM_WORDS = _sc.NUMBER_WORDS
+_NUM_WORDS = _ans.NUMBER_WORDS
 _IMAGE_WORDS = {"image", "picture", "photo", "photograph", "drawing", "shown", "pictured"}
 
 
@@ -51,7 +52,7 @@ def _cap(s: str) -> str:
 
 def _num_text(n: int, rng: Optional[random.Random] = None) -> str:
     if rng is not None and 0 <= n <= 10 and rng.random() < 0.4:
-        return _sc.NUMBER_NAMES[n]
+        return _ans.NUMBER_NAMES[n]
     return str(n)
 
 
@@ -237,7 +238,6 @@ def _wrong_value(task: dict, rng: random.Random) -> str:
 
 
 def _hallucination(rng: random.Random) -> str:
-    from .shapes import COLOR_NAMES, SHAPES
     c, s = rng.choice(COLOR_NAMES), rng.choice(SHAPES)
     a = ("an " if c[0] in "aeiou" else "a ") + f"{c} {s}"
     return rng.choice([f"The image also shows {a} in the top left.",
@@ -273,7 +273,7 @@ def _incoherent(task: dict, rng: random.Random) -> str:
                 if rng.random() < 0.5:
                     out.append(w)
             text = " ".join(out) + "."
-        if _sc.coherence_score(text, extra) <= 2:
+        if _ans.coherence_score(text, extra) <= 2:
             return text
     return " ".join([plain[-1]] * 6)
 
@@ -290,7 +290,7 @@ def make_text_candidates(task: dict, rng: random.Random,
             ref = canonical_text_answer(task)
             if concise is not None:
                 facts = [f for f in _text_facts(task, rng) if f not in text]
-                while _sc.verbosity_score(text, ref) <= _sc.verbosity_score(concise, ref) and facts:
+                while _ans.verbosity_score(text, ref) <= _ans.verbosity_score(concise, ref) and facts:
                     text += " " + facts.pop(0)
         elif kind == "wrong_attribute":
             text = _concise(task, rng, value=_wrong_value(task, rng))
@@ -330,7 +330,7 @@ _CALLED = re.compile(
 
 def task_vocabulary(task: dict) -> List[str]:
     """Words that are fine in an answer to `task` (for the unknown-word check)."""
-    words = _sc.words_of(task.get("text", ""))
+    words = _ans.words_of(task.get("text", ""))
     for key in ("word", "answer", "letter"):
         if task.get(key) is not None:
             words.append(str(task[key]).lower())
@@ -364,7 +364,7 @@ def _candidate_strings(task: dict, text: str) -> List[str]:
         tok = m.group(0)
         if tok == task["answer"] or tok.lower() == task["answer"].lower() and task["kind"] == "reverse":
             out.append(tok)
-        elif tok != w and tok.lower() not in _sc._KNOWN and not tok.isdigit() \
+        elif tok != w and tok.lower() not in _ans.KNOWN_WORDS and not tok.isdigit() \
                 and tok.lower() not in ("reversed", "backwards", "capitals", "uppercase"):
             out.append(tok)
     return out
@@ -393,7 +393,7 @@ def _key(task: dict, text: str):
         first = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
         nums = _numbers(first) or _numbers(text)
         said = _numbers(first)[0] if _numbers(first) else None
-        if said is None and re.search(r"\b(not|never|no|none)\b", _sc._normalize(first), re.I):
+        if said is None and re.search(r"\b(not|never|no|none)\b", _ans.normalize(first), re.I):
             said = 0
         if said is None and nums:
             said = nums[0]
@@ -410,7 +410,7 @@ def _key(task: dict, text: str):
 
 
 def _false_claims(task: dict, text: str) -> List[str]:
-    t = _sc._normalize(text)
+    t = _ans.normalize(text)
     out = []
     for m in _EQUATION.finditer(t):
         a, op, b, c = int(m.group(1)), m.group(2).lower(), int(m.group(3)), int(m.group(4))
@@ -433,11 +433,11 @@ def _false_claims(task: dict, text: str) -> List[str]:
             out.append(f"false length: {m.group(0)}")
     # talk of an image (there is none) or of coloured shapes: one false claim per sentence
     for sent in re.split(r"(?<=[.!?])\s+", t):
-        ws = set(_sc.words_of(sent))
-        shapes = {w for w in ws if w in _sc.SHAPE_NOUNS}
-        if ws & _sc.NEGATIONS:
+        ws = set(_ans.words_of(sent))
+        shapes = {w for w in ws if w in _ans.SHAPE_NOUNS}
+        if ws & _ans.NEGATIONS:
             continue  # "there is no image here" is true
-        if ws & _IMAGE_WORDS or (shapes and ws & _sc.COLOR_WORDS):
+        if ws & _IMAGE_WORDS or (shapes and ws & _ans.COLOR_WORDS):
             out.append(f"no image: {sent.strip()}")
     return out
 
@@ -449,11 +449,11 @@ def explain_text_answer(task: dict, answer: str) -> dict:
     extra = task_vocabulary(task)
     if task.get("word"):  # a misspelt attempt at the word ("elpap", "TAC") is wrong, not gibberish
         letters = set(task["word"].lower())
-        extra += [w for w in _sc.words_of(text) if set(w) <= letters]
-    problems = _sc.coherence_problems(text, extra)
+        extra += [w for w in _ans.words_of(text) if set(w) <= letters]
+    problems = _ans.coherence_problems(text, extra)
     coh = max(0, 4 - len(problems))
-    scores = _sc.combine(grade, len(false), coh, _sc.complexity_score(text),
-                         _sc.verbosity_score(text, canonical_text_answer(task)))
+    scores = _ans.combine(grade, len(false), coh, _ans.complexity_score(text),
+                         _ans.verbosity_score(text, canonical_text_answer(task)))
     return {"scores": scores, "key": grade, "said": said, "false_claims": false,
             "coherence_problems": problems}
 

@@ -1,7 +1,7 @@
 """The demo tokenizer: a ~1000-entry SentencePiece-style BPE trained on demo-task text.
 
 Shipped as `tokenizer.json` next to this file (regenerate it with
-`python -m mmalign_jax.data.demo.train_tokenizer`). Special tokens have fixed ids that the
+`python -m mmalign_jax.demo.train_tokenizer`). Special tokens have fixed ids that the
 `tiny` model preset relies on: <unk>=0, <s>=1, </s>=2, <pad>=3, <image>=4. Like LLaMA, it
 adds <s> at the start of every encoded text and no </s>; words carry a leading '▁'
 (Metaspace, prepend_scheme='first', so no extra space is added after a special token).
@@ -41,7 +41,7 @@ def load_tokenizer(path: Optional[Union[str, Path]] = None, add_bos_token: bool 
         p = p / "tokenizer.json"
     if not p.is_file():
         raise FileNotFoundError(f"no tokenizer file at {p}: run "
-                                "`python -m mmalign_jax.data.demo.train_tokenizer` to create it")
+                                "`python -m mmalign_jax.demo.train_tokenizer` to create it")
     tok = PreTrainedTokenizerFast(
         tokenizer_file=str(p), bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
         extra_special_tokens={"image_token": IMAGE},

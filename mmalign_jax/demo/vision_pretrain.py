@@ -31,6 +31,10 @@ import numpy as np
 import optax
 from flax import serialization
 
+from mmalign_jax.data.images import preprocess
+from mmalign_jax.models.vision import VisionTower
+
+from .generate import record_image
 from .shapes import COLOR_NAMES, GRID, SHAPES, Scene
 
 log = logging.getLogger("mmalign_jax.demo")
@@ -64,9 +68,6 @@ def head_labels(scene: Mapping) -> dict[str, np.ndarray]:
 
 
 def _examples(records: Iterable[Mapping], image_size: int, image_mode: str):
-    from mmalign_jax.data.images import preprocess
-    from .generate import record_image
-
     pix, labels = [], {h: [] for h in HEADS}
     for r in records:
         scene = (r.get("meta") or {}).get("scene")
@@ -94,8 +95,6 @@ def pretrain(cfg, records: Sequence[Mapping], *, steps: int = 300, batch_size: i
              init_params=None) -> tuple[dict, dict]:
     """(vision_tower params, metrics): per-cell classification by every head of `HEADS`,
     from scratch (or from `init_params`). Metrics hold the held-out (last 10 %) accuracies."""
-    from mmalign_jax.models.vision import VisionTower
-
     pix, labels = _examples(records, cfg.vision.image_size, image_mode)
     k = _cells_per_token(cfg)
     n_eval = max(1, len(pix) // 10)
@@ -153,9 +152,8 @@ def pretrained_vision_tower(cfg, records_path: str, out_dir: str, **kw) -> dict:
     """Pretrain once into `out_dir` (reused on rerun; returns the saved params)."""
     path = os.path.join(out_dir, PARAMS_FILE)
     template = jax.eval_shape(
-        lambda: __import__("mmalign_jax.models.vision", fromlist=["VisionTower"]).VisionTower(
-            cfg).init(jax.random.PRNGKey(0), jnp.zeros(
-                (1, cfg.vision.image_size, cfg.vision.image_size, 3)))["params"])
+        lambda: VisionTower(cfg).init(jax.random.PRNGKey(0), jnp.zeros(
+            (1, cfg.vision.image_size, cfg.vision.image_size, 3)))["params"])
     template = jax.tree.map(lambda x: getattr(x, "value", x), template,
                             is_leaf=lambda x: hasattr(x, "value"))
     if os.path.exists(path):
