@@ -410,7 +410,7 @@ def test_load_model_from_a_training_workdir(model_dir, tmp_path):
     lora = jax.tree.map(lambda x: x + 0.01, lora_lib.init_lora(cfg, params, jax.random.PRNGKey(1)))
     params["multi_modal_projector"] = jax.tree.map(lambda x: x * 1.5,
                                                    params["multi_modal_projector"])
-    trainable, _ = state_lib.split({"params": params, "lora": lora}, state_lib.param_groups(c))
+    trainable, _ = state_lib.split({"params": params, "lora": lora}, state_lib.param_groups(c, loop.loading.model_family(c)))
     assert set(trainable) == {"params", "lora"}
     ck = ckpt_lib.Checkpointer(c.workdir, keep=1, every=1, async_save=False)
     ck.save(7, {"trainable": trainable, "step": jnp.int32(7)}, force=True)

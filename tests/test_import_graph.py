@@ -255,3 +255,73 @@ def test_core_does_not_import_demo():
     assert not bad, "the library core imports the demo package:\n  " + "\n  ".join(bad)
     stale = CLI_DEMO_IMPORTS - {(i.importer, i.function) for i in allowed}
     assert not stale, f"whitelisted CLI imports of the demo no longer exist: {sorted(stale)}"
+
+
+# ------------------------------------------------------------------------------ layering
+# Lower layers never import higher ones (DESIGN.md, "Layers and extension points"); inside a
+# layer, `generate`, `annotate` and `evaluate` never import `train` (inference apart from
+# training). Every import counts, also one inside a function.
+LAYERS = {
+    0: ("models", "data", "convert", "remote", "store", "parallel", "objectives", "variables",
+        "loading", "stages", "xla_flags", "host_malloc", "runtime"),
+    1: ("train", "generate", "annotate", "evaluate"),
+    2: ("pipeline", "demo", "experiments", "bench", "bench_baselines", "configs"),
+}
+# Command-line entry points may offer the demo task by name (resolved inside the function
+# that handles that choice): the `--annotator demo` and `data demo` subcommands.
+ENTRY_POINT_EXCEPTIONS = {("mmalign_jax.annotate.__main__", DEMO),
+                          ("mmalign_jax.data.__main__", DEMO)}
+
+
+def _layer(module: str) -> Optional[int]:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return 0                                        # mmalign_jax/__init__.py
+    for layer, names in LAYERS.items():
+        if parts[1] in names:
+            return layer
+    return None
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({m.split(".")[1] for m in module_files(PACKAGE_DIR, PACKAGE)
+                      if "." in m and _layer(m) is None})
+    assert not missing, f"add {missing} to LAYERS in tests/test_import_graph.py"
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    bad = []
+    for imp in iter_imports(PACKAGE_DIR, PACKAGE):
+        src, dst = _layer(imp.importer), _layer(imp.target)
+        if src is None or dst is None or dst <= src:
+            continue
+        top = ".".join(imp.target.split(".")[:2])
+        if (imp.importer, top) in ENTRY_POINT_EXCEPTIONS:
+            continue
+        bad.append(f"{imp.importer}:{imp.line} imports {imp.target}")
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_inference_does_not_import_training():
+    bad = [f"{imp.importer}:{imp.line} imports {imp.target}"
+           for imp in iter_imports(PACKAGE_DIR, PACKAGE)
+           if imp.importer.split(".")[1:2] and imp.importer.split(".")[1] in
+           ("generate", "evaluate", "annotate")
+           and imp.target.startswith("mmalign_jax.train")]
+    assert not bad, "\n".join(bad)
+
+
+def test_subpackages_import_each_other_without_cycles(graph):
+    """Collapsed to top-level subpackages (mmalign_jax.models, .train, ...), the graph is
+    acyclic: no two parts of the library need each other."""
+    top = {}
+    for src, dsts in graph.items():
+        a = ".".join(src.split(".")[:2])
+        top.setdefault(a, set()).update(
+            b for b in (".".join(d.split(".")[:2]) for d in dsts)
+            if b != a and (src, b) not in ENTRY_POINT_EXCEPTIONS)
+    top.pop(PACKAGE, None)
+    for v in top.values():
+        v.discard(PACKAGE)
+    cycle = find_cycle(top)
+    assert cycle is None, " -> ".join(cycle)

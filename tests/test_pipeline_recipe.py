@@ -45,7 +45,7 @@ def pipeline_config(workdir):
             for part in parents:
                 node = node[part]
             node[leaf] = v
-    p.sft.model.vision_pretrain_steps = 5
+    p.sft.data.demo.vision_pretrain_steps = 5
     p.sft.data.seq_len = 112
     return p
 
@@ -216,7 +216,7 @@ def test_upstream_change_reruns_downstream_even_with_the_same_output_path(tmp_pa
     assert calls == ["data", "reference"] and stages.skipped == ["data", "reference"]
     stages, ref = run(5120)
     assert calls == ["data", "reference", "data", "reference"] and ref == {"n": 5120}
-    with pytest.raises(recipe.PipelineError, match="runs after .*'nope'"):
+    with pytest.raises(recipe.StageError, match="runs after .*'nope'"):
         recipe.Stages(str(tmp_path)).run("x", {}, dict, after=["nope"])
 
 

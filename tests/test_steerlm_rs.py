@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mmalign_jax.data import chat
+from mmalign_jax.demo import recipe as demo_recipe
 from mmalign_jax.train import data as data_lib
 from mmalign_jax.train import defaults, loop
 
@@ -22,7 +23,7 @@ ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 PAPER = ("\nPlease answer the question such that your response is in the following attributes "
          "in 5-point Likert scale:\n")
 # Test-sized settings on top of the demo presets (as tests/test_train.py's TINY).
-TINY = {"model.init_from": "", "data.source": "tfds", "data.seq_len": 192,
+TINY = {"prepare": "", "model.init_from": "", "data.source": "tfds", "data.seq_len": 192,
         "train.global_batch_size": 8, "train.max_steps": 2, "train.log_every": 1,
         "train.eval_every": 0, "train.checkpoint_every": 100, "train.progress": False,
         "mesh.num_devices": 1, "mesh.shape.data": 1, "mesh.shape.fsdp": 1,
@@ -39,8 +40,9 @@ def load_config(name: str, preset: str = "demo"):
 
 def tiny(name: str, workdir, data_dir: str, **over):
     c = load_config(name)
-    for key, value in {"workdir": str(workdir), "data.data_dir": data_dir, **TINY,
-                       **over}.items():
+    tok = os.path.join(os.path.dirname(data_dir), "tokenizer")
+    for key, value in {"workdir": str(workdir), "data.data_dir": data_dir,
+                       "data.tokenizer": tok, **TINY, **over}.items():
         node = c
         *parents, leaf = key.split(".")
         for p in parents:
@@ -52,16 +54,14 @@ def tiny(name: str, workdir, data_dir: str, **over):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """(TFDS data dir, raw scored records by id): the demo task, 16 train / 4 eval prompts
-    with 5 scored candidates each, built as `data.source='demo'` does."""
-    c = load_config("steerlm")
-    c.workdir = str(tmp_path_factory.mktemp("demo"))
-    c.data.demo.n_train, c.data.demo.n_eval = N_TRAIN, N_EVAL
-    data_dir = data_lib.demo_data_dir(c)
+    with 5 scored candidates each, built as the demo presets' data stage does."""
+    out = os.path.join(str(tmp_path_factory.mktemp("demo")), "data")
+    data_dir = demo_recipe.write_data(out, N_TRAIN, N_EVAL, 0, progress=False)["data_dir"]
     raw = {}
     for split in ("train", "eval"):
-        with open(os.path.join(c.workdir, "data", f"{split}.jsonl")) as f:
+        with open(os.path.join(out, f"{split}.jsonl")) as f:
             raw.update({r["id"]: r for r in map(json.loads, f)})
-    return data_dir, raw, os.path.join(c.workdir, "data")
+    return data_dir, raw, out
 
 
 def examples(c):
@@ -93,7 +93,7 @@ def test_configs_are_the_papers_recipe():
     for name, mode in (("rejection_sampling", "best"), ("steerlm", "steerlm")):
         demo_c = load_config(name)
         assert demo_c.method == "sft" and demo_c.data.sft_mode == mode
-        assert demo_c.model.init_from == defaults.DEMO_SFT
+        assert demo_c.prepare == demo_recipe.PREPARE and "demo_sft" in demo_c
         # the demo's SteerLM trains the whole LM (its attribute tokens need embeddings)
         assert demo_c.lora.enabled == (name == "rejection_sampling")
         assert demo_c.data.train_split == "train" and demo_c.data.eval_split == "eval"

@@ -23,6 +23,7 @@ from conftest import subprocess_env
 
 from mmalign_jax import parallel
 from mmalign_jax.data import pipeline
+from mmalign_jax.demo import recipe as demo_recipe
 from mmalign_jax.train import checkpoint as ckpt_lib
 from mmalign_jax.train import data as data_lib
 from mmalign_jax.train import defaults, loop
@@ -46,6 +47,7 @@ def load_config(method: str, preset: str = "demo"):
 # Test-sized settings on top of configs/<method>.py:demo; the same dict becomes the command
 # line of a subprocess run (`--config.a.b=v`).
 TINY = {
+    "prepare": "",              # the session's prebuilt demo data instead of the demo's own
     "model.init_from": "",
     "model.vision_init": "",
     "data.source": "tfds",
@@ -68,6 +70,8 @@ def tiny(method: str, workdir, data_dir: str, *dicts):
     prebuilt demo data, then `dicts` of dotted-key overrides."""
     c = load_config(method)
     ov = {"workdir": str(workdir), "data.data_dir": data_dir, **TINY}
+    if data_dir:   # demo_recipe.write_data puts the tokenizer beside the TFDS splits
+        ov["data.tokenizer"] = os.path.join(os.path.dirname(data_dir), "tokenizer")
     for d in dicts:
         ov.update(d)
     for key, value in ov.items():
@@ -92,15 +96,13 @@ _RESULTS: dict = {}
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """The demo task written and built once per session (TFDS splits), as
-    `data.source='demo'` does (test_multihost.py shares it)."""
+    """The demo task written and built once per session (TFDS splits and tokenizer), as the
+    demo presets' data stage does (test_multihost.py shares it)."""
     if "data_dir" not in _RESULTS:
-        c = load_config("dpo")
-        c.workdir = str(tmp_path_factory.mktemp("demo"))
-        c.data.demo.n_train, c.data.demo.n_eval = N_TRAIN, N_EVAL
-        path = data_lib.demo_data_dir(c)
-        assert os.path.exists(os.path.join(c.workdir, "data", "BUILT"))
-        _RESULTS["data_dir"] = path
+        out = os.path.join(str(tmp_path_factory.mktemp("demo")), "data")
+        made = demo_recipe.write_data(out, N_TRAIN, N_EVAL, 0, progress=False)
+        assert os.path.isfile(os.path.join(made["tokenizer"], "tokenizer.json"))
+        _RESULTS["data_dir"] = made["data_dir"]
     return _RESULTS["data_dir"]
 
 
@@ -505,14 +507,17 @@ def test_config_validation_says_what_to_change(tmp_path, data_dir):
 
 
 def test_demo_sft_stage_takes_the_command_lines_settings():
-    """`--config.demo_sft.*` reaches the SFT run a demo DPO / RS / SteerLM run trains first."""
+    """`--config.demo_sft.*` reaches the SFT run a demo DPO / RS / SteerLM run trains first
+    (made by the demo's prepare stage, not by anything the core config names)."""
+    data = {"data_dir": "/d", "tokenizer": "/t"}
     for name in ("dpo", "rejection_sampling", "steerlm"):
         c = load_config(name)
         c.workdir = "/w"
-        assert c.model.init_from == defaults.DEMO_SFT
-        s = defaults.demo_sft_stage(c, "/d")
+        assert c.prepare == demo_recipe.PREPARE and c.model.init_from == ""
+        s = demo_recipe.sft_stage_config(c, data)
         assert (s.train.max_steps, s.train.global_batch_size, s.optim.train_vision) == (4800, 8, False)
         c.demo_sft.train.max_steps, c.demo_sft.optim.lr = 7, 1e-4
-        s = defaults.demo_sft_stage(c, "/d")
+        s = demo_recipe.sft_stage_config(c, data)
         assert (s.method, s.train.max_steps, s.optim.lr) == ("sft", 7, 1e-4)
         assert (s.workdir, s.data.source, s.data.data_dir) == ("/w/sft", "tfds", "/d")
+        assert (s.prepare, s.data.tokenizer) == ("", "/t")

@@ -69,7 +69,7 @@ def config(out: str, seeds: str = "0,1,2", quick: bool = False):
             c = p[stage]
             c.train.global_batch_size, c.train.max_steps = 8, 2
             c.train.eval_every, c.train.checkpoint_every = 0, 100
-        p.base_lm.model.vision_pretrain_steps = 5
+        p.base_lm.data.demo.vision_pretrain_steps = 5
         p.sft.data.seq_len = 112
     return p
 

@@ -84,7 +84,7 @@ def default_config() -> mlc.ConfigDict:
     c.out = ""                     # output JSONL (one record per prompt, keyed by id)
     c.strict = False               # True: the first bad input row stops the run
     c.limit = 0                    # > 0: only the first `limit` records
-    c.tokenizer = ""               # default: the Hugging Face folder / the workdir's tokenizer; 'demo'
+    c.tokenizer = ""               # a tokenizer folder; default: the checkpoint's / the workdir's
     c.template = ""                # default: the workdir's data.template, else vicuna_v1
     c.image_mode = ""              # default: the workdir's data.image_mode, else pad
     c.dtype = "float32"            # compute and parameter dtype (bfloat16 on accelerators)
@@ -183,14 +183,6 @@ class Loaded:
     rules: tuple
 
 
-def _tokenizer_dir(spec: str) -> str:
-    """`--config.tokenizer`: a folder, or 'demo' for the demo task's tokenizer."""
-    if spec == "demo":
-        from mmalign_jax.demo import tokenizer as demo_tok
-        return demo_tok.TOKENIZER_DIR
-    return spec
-
-
 def load_model(c, mesh, rules) -> Loaded:
     """The model to sample from (`loading.load_model`) and what sampling needs of its run."""
     from mmalign_jax import loading
@@ -198,7 +190,7 @@ def load_model(c, mesh, rules) -> Loaded:
     path = os.path.abspath(c.checkpoint)
     try:
         m = loading.load_model(path, dtype=c.dtype, kind=c.checkpoint_kind, mesh=mesh,
-                               rules=rules, tokenizer=_tokenizer_dir(c.tokenizer))
+                               rules=rules, tokenizer=c.tokenizer)
     except FileNotFoundError as e:
         raise GenerateError(str(e)) from None
     trained_steerlm, fmt = None, "paper"

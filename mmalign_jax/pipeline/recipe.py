@@ -32,17 +32,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import glob
 import hashlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import time
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Dict, List
 
 import ml_collections as mlc
+
+from mmalign_jax.stages import Stages, StageError  # noqa: F401  (Stages re-exported)
 
 log = logging.getLogger("mmalign_jax.pipeline")
 
@@ -51,7 +50,7 @@ METHODS = ("standard_sft", "rejection_sampling", "steerlm", "dpo")
 DEMO_EVAL_SPLITS = {"vqa": "sft_eval.jsonl", "text": "sft_text_eval.jsonl"}
 
 
-class PipelineError(ValueError):
+class PipelineError(StageError):
     """A configuration or stage problem, with a sentence saying what to do."""
 
 
@@ -76,98 +75,6 @@ def _as_dict(x) -> dict:
 
 # ------------------------------------------------------------------------------ stages
 
-class Stages:
-    """Runs named stages once: a stage is skipped when its marker holds the same settings,
-    its upstream stages' fingerprints included."""
-
-    def __init__(self, workdir: str):
-        self.dir = os.path.join(workdir, "stages")
-        os.makedirs(self.dir, exist_ok=True)
-        self.ran: List[str] = []
-        self.skipped: List[str] = []
-        self.fingerprints: Dict[str, str] = {}
-
-    @staticmethod
-    def fingerprint(settings: dict) -> str:
-        blob = json.dumps(_display_neutral(settings), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def run(self, name: str, settings: dict, fn: Callable[[], dict],
-            outputs: Sequence[str] = (), after: Sequence[str] = ()) -> dict:
-        """`after`: the stages (run or skipped earlier in this invocation) whose output this
-        one reads; their fingerprints are part of its settings. Output paths alone do not
-        say that an upstream changed: the demo's prompts file keeps its name when the number
-        of prompts changes, and a stage keyed on the path would hand on its stale result.
-        `outputs`: what the stage writes and would resume from (a training workdir, a
-        sampling file). When the settings changed since the stage ran, they are moved aside
-        to `<path>.superseded-<old fingerprint>` first — kept, but never resumed: a trainer
-        finding its finished run, or the sampler its finished file, would otherwise skip the
-        work and silently hand on the old result."""
-        missing = [a for a in after if a not in self.fingerprints]
-        if missing:
-            raise PipelineError(f"stage {name!r} runs after {missing}, which have not run yet")
-        if after:
-            settings = {**settings, "after": {a: self.fingerprints[a] for a in after}}
-        path = os.path.join(self.dir, f"{name}.json")
-        fp = self.fingerprint(settings)
-        self.fingerprints[name] = fp
-        if os.path.exists(path):
-            with open(path) as f:
-                marker = json.load(f)
-            if marker.get("fingerprint") == fp and not marker.get("pending"):
-                log.info("stage %-20s done earlier (%s): skipped", name, path)
-                self.skipped.append(name)
-                return marker["result"]
-            if marker.get("fingerprint") != fp:
-                log.info("stage %-20s settings changed since it ran: running it again", name)
-                for out in outputs:
-                    _supersede(out, marker.get("fingerprint") or "old")
-        # Marked pending first: a run interrupted now resumes its own outputs next time.
-        self._write(path, {"stage": name, "fingerprint": fp, "settings": settings,
-                           "pending": True})
-        log.info("stage %-20s running", name)
-        t0 = time.time()
-        result = fn() or {}
-        self._write(path, {"stage": name, "fingerprint": fp, "settings": settings,
-                           "seconds": round(time.time() - t0, 1), "result": result})
-        self.ran.append(name)
-        return result
-
-    @staticmethod
-    def _write(path: str, marker: dict) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(marker, f, indent=2, default=str)
-        os.replace(tmp, path)
-
-
-def _display_neutral(x):
-    """`settings` with every `progress` (progress bars on or off) set to True: how a run is
-    shown never changes what it makes, so `--config.progress=False` must not rerun (and
-    move aside) finished stages. True, not dropped: workdirs made with the default keep
-    their fingerprints."""
-    if isinstance(x, dict):
-        return {k: (True if k == "progress" else _display_neutral(v)) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_display_neutral(v) for v in x]
-    return x
-
-
-def _supersede(path: str, tag: str) -> None:
-    """Move `path` (and, for a file such as `train.jsonl`, its `<path>.*` side files) to
-    `*.superseded-<tag>`."""
-    path = os.path.normpath(path)
-    found = [path] if os.path.exists(path) else []
-    if os.path.isfile(path) or (not found and os.path.splitext(path)[1]):
-        found += sorted(x for x in glob.glob(glob.escape(path) + ".*") if ".superseded-" not in x)
-    for src in found:
-        dst, k = f"{src}.superseded-{tag}", 1
-        while os.path.exists(dst):
-            dst, k = f"{src}.superseded-{tag}-{k}", k + 1
-        shutil.move(src, dst)
-        log.info("  moved aside (settings changed): %s -> %s", src, dst)
-
-
 # ----------------------------------------------------------------------- the stage bodies
 
 def _train(c: mlc.ConfigDict) -> dict:
@@ -179,32 +86,41 @@ def _train(c: mlc.ConfigDict) -> dict:
 
 def demo_data(p) -> dict:
     """The synthetic task: prompts (their made-up candidates are replaced by samples later),
-    SFT conversations, text tasks and held-out splits, plus the SFT stage's TFDS splits."""
-    from mmalign_jax.data import tfds_builder
-    from mmalign_jax.demo import generate
-    from mmalign_jax.train import data as train_data
-
-    out = os.path.join(p.workdir, "data")
+    SFT conversations, text tasks and held-out splits, the SFT stage's TFDS splits and the
+    demo tokenizer (`demo/recipe.py`)."""
+    from mmalign_jax.demo import recipe as demo_recipe
     d = p.demo
-    paths = generate.write_dataset(out, d.n_prompts, d.n_eval_prompts, p.seed,
-                                   n_sft_train=d.n_sft_train, n_sft_eval=d.n_sft_eval,
-                                   n_text_train=d.n_text_train, n_text_eval=d.n_text_eval)
-    splits = ("sft_train", "sft_eval", "sft_text_train", "sft_text_eval")
-    tfds_builder.build({s: os.path.join(out, train_data.DEMO_SPLITS[s]) for s in splits},
-                       os.path.join(out, "images"), os.path.join(out, "tfds"), strict=True,
-                       overwrite=True, progress=p.progress)
-    return {"dir": out, "files": {k: os.path.relpath(v, out) for k, v in paths.items()}}
+    return demo_recipe.write_data(
+        os.path.join(p.workdir, "data"), d.n_prompts, d.n_eval_prompts, p.seed,
+        progress=p.progress, splits=("sft_train", "sft_eval", "sft_text_train", "sft_text_eval"),
+        n_sft_train=d.n_sft_train, n_sft_eval=d.n_sft_eval, n_text_train=d.n_text_train,
+        n_text_eval=d.n_text_eval)
 
 
 def stage_config(p, template: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
-    """A demo training stage on the SFT splits built by the data stage."""
+    """A demo training stage on the SFT splits and tokenizer made by the data stage; a
+    randomly initialised model gets the demo's pretrained vision tower (made by the stage)."""
+    from mmalign_jax.demo import recipe as demo_recipe, vision_pretrain
     c = copy.deepcopy(template)
     c.workdir = os.path.join(p.workdir, name)
     c.seed = p.seed
-    c.data.source = "tfds"
-    c.data.data_dir = os.path.join(p.workdir, "data", "tfds")
+    data = os.path.join(p.workdir, "data")
+    demo_recipe.use_data(c, {"data_dir": os.path.join(data, "tfds"),
+                             "tokenizer": os.path.join(data, "tokenizer")})
+    if "demo" in c.data and c.data.demo.pretrain_vision:
+        c.model.vision_init = os.path.join(c.workdir, "vision_pretrain",
+                                           vision_pretrain.PARAMS_FILE)
     c.train.progress = p.progress
     return c
+
+
+def _train_demo_stage(p, c: mlc.ConfigDict) -> dict:
+    """A demo stage's run: its vision tower first when it starts from random weights."""
+    if c.model.vision_init and not c.model.init_from:
+        from mmalign_jax.demo import recipe as demo_recipe
+        demo_recipe.vision_tower(c, os.path.join(p.workdir, "data",
+                                                 demo_recipe.SPLITS["sft_train"]))
+    return _train(c)
 
 
 def sft_config(p) -> mlc.ConfigDict:
@@ -361,11 +277,18 @@ def method_config(p, method: str, seed: int, init_from: str, data_dir: str,
     c.data.pair_rule = p.pairs.rule
     c.data.pair_margin = p.pairs.margin
     c.train.progress = p.progress
+    c.prepare = ""                       # the pipeline made the data and the SFT model
     if p.task == "demo" or os.path.exists(os.path.join(init_from, "checkpoints")):
         c.model.init_from = init_from
     else:
         c.model.init_from = ""
         c.model.hf_checkpoint = init_from
+    if p.task == "demo":
+        c.data.tokenizer = os.path.join(p.workdir, "data", "tokenizer")
+    elif not c.data.tokenizer and c.model.init_from:
+        from mmalign_jax import loading
+        prev = loading.run_config(init_from)
+        c.data.tokenizer = prev.data.tokenizer or prev.model.hf_checkpoint
     return c
 
 
@@ -564,13 +487,15 @@ def run(p) -> dict:
             # tuning then degrades: train the tiny LM on the text tasks first.
             base = stage_config(p, p.base_lm, "base_lm")
             out["base_lm"] = stages.run("base_lm", {"data": out["data"], "config": base.to_dict()},
-                                        lambda: _train(base), outputs=[base.workdir],
+                                        lambda: _train_demo_stage(p, base),
+                                        outputs=[base.workdir],
                                         after=["data"])
             sft.model.init_from = base.workdir
             models["base_lm"] = [base.workdir]
             sft_after.append("base_lm")
         out["sft"] = stages.run("sft", {"data": out["data"], "config": sft.to_dict()},
-                                lambda: _train(sft), outputs=[sft.workdir], after=sft_after)
+                                lambda: _train_demo_stage(p, sft), outputs=[sft.workdir],
+                                after=sft_after)
         sft_model = sft.workdir
     else:
         sft_model = p.checkpoint

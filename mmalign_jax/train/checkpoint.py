@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 from mmalign_jax.data import pipeline

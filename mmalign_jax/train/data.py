@@ -1,8 +1,8 @@
 """The trainer's view of the data: tokenizer, TFDS splits, grain loaders, reference log-probs.
 
-`data.source='demo'` writes the synthetic demo task into `<workdir>/data` (once; reruns reuse
-it) and builds its TFDS splits there, so the offline demo runs through exactly the same
-TFDS → grain path as a real dataset built with `python -m mmalign_jax.data build`.
+Every run reads TFDS splits built by `python -m mmalign_jax.data build` (the demo presets
+build theirs first, `mmalign_jax/demo/recipe.py`), so the offline demo runs through exactly
+the same TFDS → grain path as a real dataset.
 """
 from __future__ import annotations
 
@@ -12,44 +12,15 @@ import os
 import jax
 import numpy as np
 
-from mmalign_jax import parallel
+from mmalign_jax import loading, parallel
 from mmalign_jax.data import pipeline, tfds_builder
 from mmalign_jax.train import methods
 
 log = logging.getLogger("mmalign_jax.train")
 
-DEMO_SPLITS = {"train": "train.jsonl", "eval": "eval.jsonl",
-               "sft_train": "sft_train.jsonl", "sft_eval": "sft_eval.jsonl",
-               "sft_text_train": "sft_text_train.jsonl", "sft_text_eval": "sft_text_eval.jsonl",
-               "text_train": "train_text.jsonl", "text_eval": "eval_text.jsonl"}
-
-
 def load_tokenizer(c):
-    path = c.data.tokenizer or c.model.hf_checkpoint
-    if path:
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(path), path
-    from mmalign_jax.demo import tokenizer as demo_tok
-    return demo_tok.load_tokenizer(), os.path.dirname(demo_tok.__file__)
-
-
-def demo_data_dir(c) -> str:
-    """Write the demo task and build its splits under <workdir>/data unless already there."""
-    out = os.path.join(c.workdir, "data")
-    data_dir = os.path.join(out, "tfds")
-    done = os.path.join(out, "BUILT")
-    if jax.process_index() == 0 and not os.path.exists(done):
-        from mmalign_jax.demo import generate
-        d = c.data.demo
-        log.info("writing the demo task (%d train / %d eval prompts) to %s", d.n_train, d.n_eval, out)
-        generate.write_dataset(out, d.n_train, d.n_eval, d.seed)
-        tfds_builder.build({s: os.path.join(out, f) for s, f in DEMO_SPLITS.items()},
-                           os.path.join(out, "images"), data_dir, strict=True, overwrite=True)
-        open(done, "w").write("ok\n")
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("demo data built")
-    return data_dir
+    """`(tokenizer, folder)` of run `c` (`loading.load_tokenizer`)."""
+    return loading.load_tokenizer(c)
 
 
 class TrainData:
@@ -60,7 +31,7 @@ class TrainData:
         # the batch layout ('sft' | 'dpo'): the method's unless given
         self.kind = kind or methods.get(c.method).batch
         self.tokenizer, self.tokenizer_dir = load_tokenizer(c)
-        self.data_dir = demo_data_dir(c) if c.data.source == "demo" else c.data.data_dir
+        self.data_dir = c.data.data_dir
         self.ref_logps: dict | None = None
         self._eval: pipeline.Loader | None = None
         self.sources = {"train": tfds_builder.open_split(self.data_dir, c.data.train_split)}

@@ -6,7 +6,6 @@ anything is compiled and says what to change.
 """
 from __future__ import annotations
 
-import copy
 
 import jax
 import ml_collections as mlc
@@ -22,6 +21,10 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.method = method
     c.workdir = f"workdir/{method}-demo"
     c.seed = 0
+    # 'module:function' called with this config before training, returning the config to
+    # train: what a run makes first (the demo presets: their data and SFT model,
+    # mmalign_jax/demo/recipe.py). '' = nothing.
+    c.prepare = ""
 
     c.model = mlc.ConfigDict()
     c.model.preset = "tiny"            # shapes when no checkpoint is given (any family's)
@@ -31,8 +34,7 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.model.param_dtype = "float32"    # storage of frozen weights; trained ones stay float32
     c.model.remat_policy = "none"      # none | full | dots | dots_no_batch
     c.model.attention_impl = "auto"    # auto | dot_product | chunked (models/attention.py)
-    c.model.vision_init = ""           # random init only: DEMO_VISION or a vision_tower.msgpack
-    c.model.vision_pretrain_steps = 300
+    c.model.vision_init = ""           # random init only: a vision tower file (flax msgpack)
 
     c.lora = mlc.ConfigDict()
     c.lora.enabled = True
@@ -56,11 +58,11 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.optim.clip_norm = 1.0
 
     c.data = mlc.ConfigDict()
-    c.data.source = "demo"             # demo | tfds (a dir built by `python -m mmalign_jax.data build`)
+    c.data.source = "tfds"             # a dir built by `python -m mmalign_jax.data build`
     c.data.data_dir = ""
     c.data.train_split = "train"
     c.data.eval_split = "eval"
-    c.data.tokenizer = ""              # default: the checkpoint folder, or the demo tokenizer
+    c.data.tokenizer = ""              # a tokenizer folder; default: the checkpoint folder
     c.data.template = "vicuna_v1"
     c.data.image_mode = "pad"
     c.data.max_images = 1
@@ -72,10 +74,6 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.data.sft_mode = "conversation"   # conversation | best (rejection sampling) | steerlm
     c.data.steerlm_format = "paper"
     c.data.worker_count = 0
-    c.data.demo = mlc.ConfigDict()
-    c.data.demo.n_train = 4096
-    c.data.demo.n_eval = 256
-    c.data.demo.seed = 0
 
     methods.add_all_defaults(c)        # each method's own section: c.dpo, c.simpo, ...
 
@@ -99,66 +97,6 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.mesh.num_devices = 0             # 0: every device; N: the first N (one process only)
     c.mesh.rules = parallel.DEFAULT_RULES
     return c
-
-
-def apply_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    """The tiny model learns the demo task: LM and projector fully trained from random
-    weights on top of a pretrained, frozen vision tower (LLaVA-1.5 freezes CLIP too).
-
-    Many small steps: what the tiny LM is slow to learn is grounding (attending from the
-    answer to the image cell of the object the question names), and updates, not examples,
-    set its pace. Measured on 256 held-out questions (greedy, `answer_quality`), same 19,200
-    examples: batch 32 × 600 steps with the tower trained, accuracy 0.34 (colour 0.16);
-    frozen tower, batch 16 × 1,200: 0.45 (colour 0.40); batch 8 × 2,400: 0.47 (colour 0.61).
-    Re-measured later (64 new tokens): batch 8 × 2,400: 0.32 (colour 0.09, position 0.28);
-    the same with the vision tower's position heads: 0.39; and 4,800 steps: 0.52 and 0.59 in
-    two runs (colour 0.65 / 0.77, position 0.62 / 0.57). Most of the fall in held-out loss
-    comes between steps 2,000 and 3,600: the grounding is learnt late, so the demo pays for
-    the steps (DPO's held-out reward accuracy rests on it: README, "The demo")."""
-    c.lora.enabled = False
-    c.model.vision_init = DEMO_VISION  # a "pretrained CLIP" for the demo (vision_pretrain.py)
-    c.optim.lr = 2e-3
-    c.optim.projector_lr = 2e-3
-    c.optim.train_vision = False
-    c.optim.warmup_ratio = 0.05
-    c.data.seq_len = 112               # 9 image tokens + system prompt + question + answer
-    c.data.train_split = "sft_train"
-    c.data.eval_split = "sft_eval"
-    c.train.global_batch_size = 8
-    c.train.num_epochs = 0
-    c.train.max_steps = 4800
-    c.train.log_every = 20
-    c.train.eval_every = 400
-    c.train.checkpoint_every = 800
-    return c
-
-
-# `model.vision_init` value: pretrain the demo's vision tower on its scenes first.
-DEMO_VISION = "@demo-vision"
-
-# `model.init_from` value that makes a demo run train the demo SFT model first (in
-# <workdir>/sft, skipped once finished) and start from it, as the paper starts from LLaVA.
-DEMO_SFT = "@demo-sft"
-
-
-def use_demo_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    """Start `c` from the demo SFT model, trained first by `c.demo_sft` (a whole SFT config,
-    so its settings can be changed from the command line: `--config.demo_sft.train.max_steps=1200`)."""
-    c.model.init_from = DEMO_SFT
-    c.demo_sft = apply_demo_sft(base_config("sft"))
-    return c
-
-
-def demo_sft_stage(c: mlc.ConfigDict, data_dir: str) -> mlc.ConfigDict:
-    """The SFT run a `model.init_from=DEMO_SFT` run trains first, in `<workdir>/sft`."""
-    s = copy.deepcopy(c.demo_sft) if "demo_sft" in c else apply_demo_sft(base_config("sft"))
-    s.workdir = f"{c.workdir}/sft"
-    s.seed = c.seed
-    s.data.source = "tfds"
-    s.data.data_dir = data_dir
-    s.mesh = c.mesh
-    s.train.progress = c.train.progress
-    return s
 
 
 def apply_paper_preset(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
@@ -195,15 +133,14 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) ->
             raise ConfigError(msg)
 
     need(c.method in methods.names(), f"method {c.method!r} is not one of {methods.names()}")
-    need(c.data.source in ("demo", "tfds"),
-         f"data.source {c.data.source!r}: use 'demo' or 'tfds' (build one with "
+    need(c.data.source == "tfds",
+         f"data.source {c.data.source!r}: use 'tfds' (build one with "
          "`python -m mmalign_jax.data build`)")
-    if c.data.source == "tfds":
-        need(bool(c.data.data_dir), "data.source='tfds' needs --config.data.data_dir=DIR "
-             "(made by `python -m mmalign_jax.data build`)")
-    if c.model.init_from == DEMO_SFT:
-        need(c.data.source == "demo", f"model.init_from={DEMO_SFT!r} trains the demo SFT model "
-             "first and needs data.source='demo'; point model.init_from at an SFT workdir instead")
+    need(bool(c.data.data_dir or c.get("prepare")),
+         "data.source='tfds' needs --config.data.data_dir=DIR "
+         "(made by `python -m mmalign_jax.data build`)")
+    if c.get("prepare"):
+        need(":" in c.prepare, f"prepare={c.prepare!r}: use 'package.module:function'")
     if c.model.preset in PAPER_PRESETS and not random_init_ok:
         need(bool(c.model.hf_checkpoint or c.model.init_from),
              f"preset {c.model.preset} trains a real model: pass "

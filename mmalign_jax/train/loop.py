@@ -207,12 +207,11 @@ def train(c) -> dict:
     parallel.maybe_initialize_distributed()
     defaults.validate(c, jax.device_count())
     os.makedirs(c.workdir, exist_ok=True)
-    if c.model.init_from == defaults.DEMO_SFT:
-        sft = defaults.demo_sft_stage(c, data_lib.demo_data_dir(c))
-        log.info("demo: training (or reusing) the SFT model in %s first", sft.workdir)
-        train(sft)
-        c.model.init_from = sft.workdir
-    t_start = time.perf_counter()   # this run's own time (the demo SFT stage reports its own)
+    if c.get("prepare"):
+        # What the run makes first (e.g. the demo's data and SFT model): a config hook.
+        c = _hook(c.prepare)(c)
+        defaults.validate(c, jax.device_count())
+    t_start = time.perf_counter()   # this run's own time (what `prepare` trained reports its own)
     if jax.process_index() == 0:  # after resolving init_from: a later run may start from us
         with open(os.path.join(c.workdir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=2))
@@ -320,6 +319,16 @@ def train(c) -> dict:
     if c.train.export_hf:
         export_hf(run, c.train.export_hf, data.tokenizer_dir)
     return summary
+
+
+def _hook(spec: str):
+    """The function named 'package.module:function'."""
+    import importlib
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise defaults.ConfigError(f"prepare={spec!r}: {e}") from None
 
 
 def export_hf(run: Run, out_dir: str, tokenizer_dir: str | None):
