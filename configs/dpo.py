@@ -4,6 +4,7 @@
   python -m mmalign_jax.train --config configs/dpo.py:llava-1.5-13b \
       --config.model.hf_checkpoint=/ckpt/llava-1.5-13b-hf --config.data.data_dir=/data/prefs
 """
+from mmalign_jax.demo import recipe as demo_recipe
 from mmalign_jax.train import defaults
 
 
@@ -12,7 +13,7 @@ def get_config(preset: str = "demo"):
     if preset == "demo":
         # Start from the demo SFT model (trained first in <workdir>/sft), as the paper starts
         # DPO from LLaVA-1.5; then LoRA + projector with DPO on the scored candidates.
-        defaults.use_demo_sft(c)   # --config.demo_sft.* changes that SFT run
+        demo_recipe.use_sft(c)   # --config.demo_sft.* changes that SFT run
         c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
         c.optim.lr = 2e-3
         c.optim.projector_lr = 2e-3

@@ -9,6 +9,7 @@ max length 2048.
   python -m mmalign_jax.train --config configs/rejection_sampling.py:llava-1.5-13b \
       --config.model.hf_checkpoint=/ckpt/llava-1.5-13b-hf --config.data.data_dir=/data/prefs
 """
+from mmalign_jax.demo import recipe as demo_recipe
 from mmalign_jax.train import defaults
 
 
@@ -19,7 +20,7 @@ def get_config(preset: str = "demo"):
         # Start from the demo SFT model (trained first in <workdir>/sft), as the paper starts
         # from LLaVA-1.5; LoRA + projector on the best of the demo's 5 scored candidates.
         c.workdir = "workdir/rejection_sampling-demo"
-        defaults.use_demo_sft(c)   # --config.demo_sft.* changes that SFT run
+        demo_recipe.use_sft(c)   # --config.demo_sft.* changes that SFT run
         c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
         c.optim.lr = 1e-3
         c.optim.projector_lr = 1e-3

@@ -4,13 +4,14 @@
   python -m mmalign_jax.train --config configs/sft.py:llava-1.5-13b \
       --config.model.hf_checkpoint=/ckpt/llava-1.5-13b-hf --config.data.data_dir=/data/sft
 """
+from mmalign_jax.demo import recipe as demo_recipe
 from mmalign_jax.train import defaults
 
 
 def get_config(preset: str = "demo"):
     c = defaults.base_config("sft")
     if preset == "demo":
-        defaults.apply_demo_sft(c)   # the tiny model from random weights: train it all
+        demo_recipe.apply_sft(c)   # the tiny model from random weights: train it all
     elif preset in defaults.PAPER_PRESETS:
         defaults.apply_paper_preset(c, preset)
         c.optim.lr = 4e-4

@@ -13,6 +13,7 @@ configs/generate.py --config.checkpoint=<this workdir> --attributes verbosity=0,
   python -m mmalign_jax.train --config configs/steerlm.py:llava-1.5-13b \
       --config.model.hf_checkpoint=/ckpt/llava-1.5-13b-hf --config.data.data_dir=/data/prefs
 """
+from mmalign_jax.demo import recipe as demo_recipe
 from mmalign_jax.train import defaults
 
 
@@ -32,7 +33,7 @@ def get_config(preset: str = "demo"):
         # words, r64 lr 5e-3 × 300 steps 22 vs 25. A real LLaVA knows those words: the
         # llava presets keep the paper's LoRA.
         c.workdir = "workdir/steerlm-demo"
-        defaults.use_demo_sft(c)   # --config.demo_sft.* changes that SFT run
+        demo_recipe.use_sft(c)   # --config.demo_sft.* changes that SFT run
         c.lora.enabled = False
         c.optim.lr = 2e-3
         c.optim.projector_lr = 2e-3
