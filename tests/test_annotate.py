@@ -15,7 +15,7 @@ import pytest
 from PIL import Image as PILImage
 
 from fake_llm_server import FakeLLMServer, count_images, prompt_text
-from mmalign_jax.annotate import (GUIDE_VERSION, AnnotationFileError, GeminiAnnotator,
+from mmalign_jax.annotate import (GUIDE_VERSION, AnnotationFileError, LLMAnnotator,
                                   InvalidAnswer, agreement, annotate_records,
                                   apply_annotations, parse_answer)
 from mmalign_jax.annotate.__main__ import main as cli_main
@@ -131,7 +131,7 @@ def test_job_survives_faults_records_failures_and_resumes(tmp_path, env_key):
     faults = {"429": 0.15, "500": 0.15, "hang": 0.06, "malformed": 0.15}
     with FakeLLMServer(responder, faults=faults, seed=3, hang_s=3.0) as srv:
         client = make_client("gemini", "gemini-2.5-flash", base_url=srv.base_url, timeout=0.8)
-        ann = GeminiAnnotator(client, image_root=str(img_dir), max_reasks=3, max_retries=5,
+        ann = LLMAnnotator(client, image_root=str(img_dir), max_reasks=3, max_retries=5,
                               base_delay=0.01, max_delay=0.05, seed=0,
                               rate_limiter=RateLimiter(6000))
         report = annotate_records(records, ann, out, concurrency=4, progress=False)
@@ -267,7 +267,7 @@ def test_auth_error_stops_the_job(tmp_path, env_key):
     records = load_records(str(path), image_root=str(img_dir)).records
     with FakeLLMServer(responder, plan=["401"] * 200) as srv:
         client = make_client("gemini", "gemini-2.5-flash", base_url=srv.base_url, timeout=2)
-        ann = GeminiAnnotator(client, image_root=str(img_dir), base_delay=0.01, max_delay=0.02)
+        ann = LLMAnnotator(client, image_root=str(img_dir), base_delay=0.01, max_delay=0.02)
         report = annotate_records(records, ann, str(tmp_path / "a.jsonl"), concurrency=1,
                                   progress=False)
         assert len(srv.requests) <= 3

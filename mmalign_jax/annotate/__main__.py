@@ -21,7 +21,7 @@ import sys
 from ..data.records import RecordError, load_records, write_records
 from ..remote import RateLimiter, RemoteError, make_client
 from .agreement import agreement, format_agreement
-from .gemini import DEFAULT_MODEL, GeminiAnnotator
+from .llm_judge import DEFAULT_MODEL, LLMAnnotator
 from .results import AnnotationFileError, apply_annotations
 from ..store import StoreError
 from .run import JobLocked, annotate_records, output_paths, print_summary
@@ -135,7 +135,7 @@ def run_annotate(argv) -> int:
         else:
             client = make_client(args.provider, args.model, base_url=args.base_url,
                                  timeout=args.timeout)
-            annotator = GeminiAnnotator(
+            annotator = LLMAnnotator(
                 client, image_root=args.image_root, max_reasks=args.max_reasks,
                 max_retries=args.max_retries, base_delay=args.retry_base_delay,
                 max_delay=args.retry_max_delay,

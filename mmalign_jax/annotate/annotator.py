@@ -4,7 +4,7 @@ Why a protocol: every later stage (pairs, rejection sampling, SteerLM, the pipel
 the same code whether Gemini or the demo task's ground truth did the scoring; only the
 object passed to `annotate_records` changes. Two real implementations:
 
-- `GeminiAnnotator` (`gemini.py`): a hosted vision model following our guide.
+- `LLMAnnotator` (`gemini.py`): a hosted vision model following our guide.
 - `DemoAnnotator` (`mmalign_jax/demo/annotator.py`): the demo task's ground-truth scorer,
   offline and exact.
 

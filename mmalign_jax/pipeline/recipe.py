@@ -201,7 +201,7 @@ def make_annotator(p):
         from mmalign_jax.remote import RateLimiter, make_client
         client = make_client(a.provider, a.model, base_url=a.base_url or None)
         limiter = RateLimiter(a.rate_per_minute) if a.rate_per_minute else None
-        return annotate.GeminiAnnotator(client, image_root=image_root(p), rate_limiter=limiter)
+        return annotate.LLMAnnotator(client, image_root=image_root(p), rate_limiter=limiter)
     raise PipelineError(f"annotate.annotator {a.annotator!r}: use demo or gemini")
 
 

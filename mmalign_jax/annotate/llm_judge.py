@@ -1,5 +1,6 @@
-"""The Gemini annotator: our guide, the record's images, conversation and all candidates
-in one request; structured JSON back; every answer validated before it is trusted.
+"""The LLM annotator: a vision LLM behind any `remote.Client` (Gemini, as the study used, or
+an OpenAI-compatible endpoint) gets our guide, the record's images, conversation and all
+candidates in one request; structured JSON back; every answer validated before it is trusted.
 
 Why validate although the request carries a schema: schemas are honoured on a best-effort
 basis (truncated output at the token limit, a proxy that drops the schema, a model that
@@ -8,9 +9,6 @@ is malformed JSON, misses a candidate, rates one twice, or gives a score that is
 integer in 0–4 is re-asked — with a note saying what was wrong — up to `max_reasks` times,
 then recorded as a failure with the raw text. Transient API errors are retried inside each
 ask (`remote.jobs.retry_call`), each HTTP attempt paced by the shared rate limiter.
-
-Works with any `remote.Client` (an OpenAI-compatible vision model too); the name says what
-the study used.
 """
 from __future__ import annotations
 
@@ -92,7 +90,7 @@ def parse_answer(text: str, n_candidates: int) -> tuple[str, list[dict[str, int]
     return reasoning, [by_number[c] for c in range(1, n_candidates + 1)]
 
 
-class GeminiAnnotator:
+class LLMAnnotator:
     """Annotate records with a hosted model following `prompts.GUIDE`.
 
     client: a `remote.Client` (`remote.make_client("gemini", DEFAULT_MODEL)`).
