@@ -300,11 +300,14 @@ def _fetch(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def make_batch(prompts: Sequence[Prompt], members: Sequence[int], batch_size: int, image_size: int,
+def make_batch(prompts: Sequence[Prompt], members: Sequence[int], batch_size: int, cfg,
                image_mode: str, min_bucket: int = 16) -> dict:
     """Numpy inputs of one batch: prompts LEFT padded to a power-of-two length, rows padded to
-    `batch_size` with copies of the first prompt (dropped afterwards)."""
+    `batch_size` with copies of the first prompt (dropped afterwards); images through the
+    model family's preprocessing (`cfg` is the model config)."""
     from mmalign_jax.data import images as images_lib
+    from mmalign_jax.models import registry
+    family, image_size = registry.for_config(cfg), cfg.image_size
     rows = list(members) + [members[0]] * (batch_size - len(members))
     p = bucket_length(max(len(prompts[i].ids) for i in members), min_bucket)
     ids = np.zeros((batch_size, p), np.int32)
@@ -323,8 +326,8 @@ def make_batch(prompts: Sequence[Prompt], members: Sequence[int], batch_size: in
         for r, i in enumerate(rows):
             for j, path in enumerate(prompts[i].image_paths):
                 if path not in cache:
-                    cache[path] = images_lib.preprocess(images_lib.load_image(path), image_size,
-                                                        image_mode)
+                    cache[path] = family.preprocess_image(cfg, images_lib.load_image(path),
+                                                          image_mode)
                 pixels[r, j] = cache[path]
                 image_mask[r, j] = True
         out["pixel_values"], out["image_mask"] = pixels, image_mask
@@ -455,8 +458,7 @@ def _run(c, targets, main: bool, mesh, rules, out: str) -> dict:
         for k, members in enumerate(layout):
             if not todo[k]:
                 continue
-            local = make_batch(prompts, members, c.batch_size, m.cfg.image_size,
-                               m.image_mode)
+            local = make_batch(prompts, members, c.batch_size, m.cfg, m.image_mode)
             local["rng"] = record_keys(c.seed, [prompts[i].record.id for i in members]
                                        + [prompts[members[0]].record.id] * (c.batch_size - len(members)))
             batch = {key: _global(v, mesh, rules) for key, v in local.items()}

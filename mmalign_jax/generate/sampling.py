@@ -446,7 +446,7 @@ class Generator:
     Each conversation ends with a user turn; it is rendered with the generation prompt and
     tokenized by `chat.tokenize(..., add_generation_prompt=True)` (every `<image>` expanded
     to `cfg.num_image_tokens` image tokens; `images[i]` must hold one PIL image per marker,
-    preprocessed by `images.preprocess(image, cfg.image_size, image_mode)`).
+    preprocessed by the model family's `preprocess_image(cfg, image, image_mode)`).
 
     Batching: prompts are sorted by length and cut into batches of `batch_size`; each batch
     is LEFT padded to a power-of-two length (at least `min_prompt_bucket`), its image slots
@@ -473,7 +473,11 @@ class Generator:
         self.tokenizer = tokenizer
         self.template = template
         self.cfg = model.cfg
-        self.image_size = int(image_size or self.cfg.image_size)
+        self.family = registry.for_config(self.cfg)
+        self.image_size = int(self.cfg.image_size)
+        if image_size is not None and int(image_size) != self.image_size:
+            raise ValueError(f"image_size={image_size}: this model's image processor makes "
+                             f"{self.image_size}-px images; leave image_size unset")
         self.image_mode = image_mode
         self.batch_size = int(batch_size)
         self.min_prompt_bucket = int(min_prompt_bucket)
@@ -513,8 +517,6 @@ class Generator:
                  seed: int = 0, *, details: bool = False):
         """`n` answers per conversation: `list[list[str]]` (or `list[list[Completion]]` with
         `details=True`), in input order."""
-        from mmalign_jax.data.images import preprocess
-
         sampling = self.resolve_sampling(sampling)
         conversations = list(conversations)
         if images is None:
@@ -556,7 +558,8 @@ class Generator:
                 image_mask = np.zeros((rows, slots), bool)
                 for r, i in enumerate(members):
                     for j, im in enumerate(images[i]):
-                        pixel_values[r, j] = preprocess(im, size, self.image_mode)
+                        pixel_values[r, j] = self.family.preprocess_image(
+                            self.cfg, im, self.image_mode)
                         image_mask[r, j] = True
             out = generate_tokens(self.model, self.variables, ids, mask, pixel_values,
                                   image_mask, sampling, jax.random.fold_in(root, k))
