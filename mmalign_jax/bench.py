@@ -11,7 +11,7 @@ What is timed
   row (T = image tokens + text), float32 logits; tokens/s = B*T / median seconds.
 * sft / dpo: the trainer's own pieces — `loop.build(c, total_steps=...)` and
   `loop.jit_steps(run, batch)` — on a synthetic batch already in the pipeline's layout
-  (data/pipeline.py) and already on device: no data loading in the timing. Median wall
+  (data/loader.py) and already on device: no data loading in the timing. Median wall
   clock of `train_step(...)` + fetching its metrics, over the steps after warm-up; the first
   call's compile time is reported separately (`CompiledStep.compile_seconds`).
 * FLOPs per step, three ways: "counted" = matmul + convolution FLOPs of the traced step's
@@ -150,7 +150,7 @@ class Workload:
         return rng.standard_normal((self.pairs, 1, s, s, 3)).astype(np.float32)
 
     def dpo_batch(self, seed: int = 0) -> dict:
-        """The DPO pipeline layout (data/pipeline.py): prompts left padded (here: full)."""
+        """The DPO pipeline layout (data/loader.py): prompts left padded (here: full)."""
         rng = np.random.default_rng(seed)
         b, r = self.pairs, self.response_len
         prompt = self._prompt(rng)

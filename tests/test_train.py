@@ -22,7 +22,7 @@ import pytest
 from conftest import subprocess_env
 
 from mmalign_jax import parallel
-from mmalign_jax.data import pipeline
+from mmalign_jax.data import loader as loader_lib
 from mmalign_jax.demo import recipe as demo_recipe
 from mmalign_jax.train import checkpoint as ckpt_lib
 from mmalign_jax.train import data as data_lib
@@ -215,8 +215,8 @@ def test_precomputed_reference_equals_online(tmp_path, tmp_path_factory, data_di
     _, online, _ = _dpo_8dev(tmp_path_factory, data_dir, True)
     c, _ = tiny("dpo", tmp_path / "pre", data_dir, MESH_222, {"dpo.reference": "precomputed"})
     built = []
-    real_build = pipeline.build_examples
-    monkeypatch.setattr(pipeline, "build_examples",
+    real_build = loader_lib.build_examples
+    monkeypatch.setattr(loader_lib, "build_examples",
                         lambda *a, **k: built.append(a[0]) or real_build(*a, **k))
     run, pre, data = run_steps(c, 3)
     assert run.ref is None   # the reference weights are not used by the step

@@ -10,7 +10,7 @@ import os
 
 import orbax.checkpoint as ocp
 
-from mmalign_jax.data import pipeline
+from mmalign_jax.data import loader as loader_lib
 from mmalign_jax.loading import restore_trainable  # noqa: F401  (another run's trained variables)
 
 
@@ -25,7 +25,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_decision_policy=policy, create=True,
             enable_async_checkpointing=async_save)
-        pipeline.checkpoint_args  # the data item's args/handler are registered on first use
+        loader_lib.checkpoint_args  # the data item's args/handler are registered on first use
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -34,14 +34,14 @@ class Checkpointer:
     def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
         args = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
-            args["data"] = pipeline.checkpoint_args(data_iterator)
+            args["data"] = loader_lib.checkpoint_args(data_iterator)
         return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
     def restore(self, abstract_state, data_iterator=None, step: int | None = None):
         step = self.manager.latest_step() if step is None else step
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
-            args["data"] = pipeline.restore_args(data_iterator)
+            args["data"] = loader_lib.restore_args(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**args))
         return out["state"]
 

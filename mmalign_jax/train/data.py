@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from mmalign_jax import loading, parallel
-from mmalign_jax.data import pipeline, tfds_builder
+from mmalign_jax.data import loader as loader_lib
+from mmalign_jax.data import tfds_builder
 from mmalign_jax.train import methods
 
 log = logging.getLogger("mmalign_jax.train")
@@ -24,7 +25,7 @@ def load_tokenizer(c):
 
 
 class TrainData:
-    """Loaders for the train and eval splits with the batch layout of `data/pipeline.py`."""
+    """Loaders for the train and eval splits with the batch layout of `data/loader_lib.py`."""
 
     def __init__(self, c, cfg, kind: str | None = None):
         self.c, self.cfg = c, cfg
@@ -33,11 +34,11 @@ class TrainData:
         self.tokenizer, self.tokenizer_dir = load_tokenizer(c)
         self.data_dir = c.data.data_dir
         self.ref_logps: dict | None = None
-        self._eval: pipeline.Loader | None = None
+        self._eval: loader_lib.Loader | None = None
         self.sources = {"train": tfds_builder.open_split(self.data_dir, c.data.train_split)}
         if c.data.eval_split and c.train.eval_every:
             self.sources["eval"] = tfds_builder.open_split(self.data_dir, c.data.eval_split)
-        self._examples: dict[str, pipeline.Examples] = {}   # each split tokenized once
+        self._examples: dict[str, loader_lib.Examples] = {}   # each split tokenized once
         gb = c.train.global_batch_size
         if gb % jax.process_count():
             raise ValueError(f"train.global_batch_size={gb} must divide over "
@@ -47,11 +48,11 @@ class TrainData:
         self.steps_per_epoch = probe.steps_per_epoch
         self._train = probe
 
-    def pcfg(self, shuffle: bool, epochs, drop_remainder: bool = True) -> pipeline.PipelineConfig:
+    def pcfg(self, shuffle: bool, epochs, drop_remainder: bool = True) -> loader_lib.LoaderConfig:
         c, cfg = self.c, self.cfg
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (cfg.text.pad_token_id or 0)
-        return pipeline.PipelineConfig(
+        return loader_lib.LoaderConfig(
             template=c.data.template, image_size=cfg.image_size, image_mode=c.data.image_mode,
             image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens,
             max_images=c.data.max_images, seq_len=c.data.seq_len, prompt_len=c.data.prompt_len,
@@ -65,13 +66,13 @@ class TrainData:
     def _loader(self, split, shuffle, epochs, drop_remainder=True, ref=None):
         pcfg = self.pcfg(shuffle, epochs, drop_remainder)
         if split not in self._examples:
-            self._examples[split] = pipeline.prepare_examples(
+            self._examples[split] = loader_lib.prepare_examples(
                 self.kind, self.sources[split], self.tokenizer, pcfg)
         ex = self._examples[split]
-        return pipeline.make_loader(self.kind, None, None, pcfg,
+        return loader_lib.make_loader(self.kind, None, None, pcfg,
                                     examples=ex if ref is None else ex.with_ref_logps(ref))
 
-    def train_iterator(self) -> pipeline.Loader:
+    def train_iterator(self) -> loader_lib.Loader:
         """The endless, shuffled training stream (epochs follow each other seamlessly)."""
         if self.ref_logps is not None:
             self._train = self._loader("train", True, None, ref=self.ref_logps["train"])

@@ -45,8 +45,8 @@ Resume: ``loader.get_state()`` / ``loader.set_state(state)`` (JSON-serializable;
 iterator state with a fingerprint of the example list and the order-defining config, so a
 state cannot silently be restored into a different pipeline). Orbax::
 
-    mngr.save(step, args=ocp.args.Composite(state=..., data=pipeline.checkpoint_args(loader)))
-    mngr.restore(step, args=ocp.args.Composite(state=..., data=pipeline.restore_args(loader)))
+    mngr.save(step, args=ocp.args.Composite(state=..., data=loader.checkpoint_args(loader)))
+    mngr.restore(step, args=ocp.args.Composite(state=..., data=loader.restore_args(loader)))
 
 Everything that runs in grain workers (``Featurize``, ``Collate``, the image table) is a
 top-level, picklable class (grain spawns its worker processes).
@@ -75,7 +75,7 @@ STATE_VERSION = 1
 
 # --------------------------------------------------------------------------- config
 @dataclasses.dataclass
-class PipelineConfig:
+class LoaderConfig:
     """Everything that shapes the batches. Lengths are in tokens, images included."""
 
     template: str = "vicuna_v1"
@@ -111,7 +111,7 @@ class PipelineConfig:
     def validate(self, kind: str) -> None:
         def need(cond, msg):
             if not cond:
-                raise ValueError(f"PipelineConfig: {msg}")
+                raise ValueError(f"LoaderConfig: {msg}")
         need(kind in KINDS, f"kind must be one of {KINDS}, got {kind!r}")
         need(self.max_images >= 1, f"max_images must be ≥ 1, got {self.max_images}")
         need(self.image_size >= 1, f"image_size must be ≥ 1, got {self.image_size}")
@@ -199,7 +199,7 @@ def default_image_loader(ref):
 class Featurize:
     """Global example index (or -1 for a padding row) → one unpadded example dict."""
 
-    def __init__(self, table: ExampleTable, record_images: RecordImages, cfg: PipelineConfig,
+    def __init__(self, table: ExampleTable, record_images: RecordImages, cfg: LoaderConfig,
                  image_loader: Callable = default_image_loader):
         self.table, self.record_images, self.cfg = table, record_images, cfg
         self.image_loader = image_loader
@@ -241,7 +241,7 @@ class Featurize:
         return out
 
 
-def _stack_common(rows: Sequence[dict], batch_size: int, cfg: PipelineConfig) -> dict:
+def _stack_common(rows: Sequence[dict], batch_size: int, cfg: LoaderConfig) -> dict:
     out = {
         "pixel_values": np.zeros((batch_size, cfg.max_images, cfg.image_size, cfg.image_size, 3),
                                  np.float32),
@@ -258,7 +258,7 @@ def _stack_common(rows: Sequence[dict], batch_size: int, cfg: PipelineConfig) ->
 class Collate:
     """List of Featurize outputs → one fixed-shape batch (rows beyond the list are padding)."""
 
-    def __init__(self, kind: str, cfg: PipelineConfig):
+    def __init__(self, kind: str, cfg: LoaderConfig):
         self.kind, self.cfg = kind, cfg
 
     def _seq_len(self, longest: int) -> int:
@@ -358,12 +358,12 @@ def _record_lookup(recs: Sequence[records_lib.Record]) -> dict[str, int]:
     return lookup
 
 
-def _tok_kwargs(cfg: PipelineConfig) -> dict:
+def _tok_kwargs(cfg: LoaderConfig) -> dict:
     return dict(template=cfg.template, image_token_id=cfg.image_token_id,
                 num_image_tokens=cfg.num_image_tokens)
 
 
-def _sft_examples(recs, cfg: PipelineConfig, skipped: list) -> list[tuple[records_lib.Record, int]]:
+def _sft_examples(recs, cfg: LoaderConfig, skipped: list) -> list[tuple[records_lib.Record, int]]:
     from . import pairs as pairs_lib
     lookup = _record_lookup(recs)
     if cfg.sft_mode == "conversation":
@@ -385,7 +385,7 @@ def _sft_examples(recs, cfg: PipelineConfig, skipped: list) -> list[tuple[record
     return [(e, lookup[e.meta.get("record_id", e.id)]) for e in exs]
 
 
-def _sft_table(recs, cfg: PipelineConfig, tokenizer, skipped: list) -> ExampleTable:
+def _sft_table(recs, cfg: LoaderConfig, tokenizer, skipped: list) -> ExampleTable:
     from . import chat
     limit = cfg.max_seq_len
     ids, rids, ridx, nimg, toks, masks = [], [], [], [], [], []
@@ -419,7 +419,7 @@ def _sft_table(recs, cfg: PipelineConfig, tokenizer, skipped: list) -> ExampleTa
                          "target_mask": _Ragged(masks, bool)})
 
 
-def _dpo_table(recs, cfg: PipelineConfig, tokenizer, skipped: list, truncated: list,
+def _dpo_table(recs, cfg: LoaderConfig, tokenizer, skipped: list, truncated: list,
                ref_logps: Mapping[str, Any] | None) -> ExampleTable:
     from . import chat
     from . import pairs as pairs_lib
@@ -498,7 +498,7 @@ def _checked_ref_logps(ref_logps: Mapping[str, Any], n: int) -> dict[str, np.nda
             raise ValueError(
                 f"ref_logps[{k!r}] has {len(a)} entries but the loader has {n} "
                 "examples; compute them with a loader built from the same data and the "
-                "same PipelineConfig lengths (they are indexed by example_index)")
+                "same LoaderConfig lengths (they are indexed by example_index)")
         out[k] = a
     return out
 
@@ -521,7 +521,7 @@ class Examples(NamedTuple):
         return self._replace(table=table)
 
 
-def prepare_examples(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *,
+def prepare_examples(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
                      image_root: str | None = None,
                      ref_logps: Mapping[str, Any] | None = None) -> Examples:
     """The up-front part of `make_loader` (validation, pairing, tokenization), kept for reuse."""
@@ -534,7 +534,7 @@ def prepare_examples(kind: str, source_or_records, tokenizer, pcfg: PipelineConf
     return Examples(kind, table, rec_images, skipped, truncated)
 
 
-def build_examples(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *,
+def build_examples(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
                    ref_logps: Mapping[str, Any] | None = None):
     """(ExampleTable, RecordImages-or-None, records, skipped, truncated) — the up-front part
     of ``make_loader``, usable alone (e.g. to count examples)."""
@@ -554,7 +554,7 @@ def build_examples(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig
 
 
 # --------------------------------------------------------------------------- loader
-def _fingerprint(kind: str, table: ExampleTable, cfg: PipelineConfig, shard: tuple[int, int]):
+def _fingerprint(kind: str, table: ExampleTable, cfg: LoaderConfig, shard: tuple[int, int]):
     h = hashlib.sha256()
     for i in table.ids:
         h.update(i.encode("utf-8"))
@@ -607,7 +607,7 @@ class Loader:
         if isinstance(state, (bytes, str)):
             state = json.loads(state)
         if "iterator" not in state:
-            raise ValueError("not a pipeline.Loader state (no 'iterator' key)")
+            raise ValueError("not a loader.Loader state (no 'iterator' key)")
         if check:
             saved = state.get("fingerprint", {})
             diff = {k: (saved.get(k), v) for k, v in self.fingerprint.items()
@@ -650,7 +650,7 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def make_loader(kind: str, source_or_records, tokenizer, pcfg: PipelineConfig, *,
+def make_loader(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
                 image_loader: Callable = default_image_loader, image_root: str | None = None,
                 ref_logps: Mapping[str, Any] | None = None,
                 shard_index: int | None = None, shard_count: int | None = None,
@@ -732,7 +732,7 @@ _ORBAX_NAMES = ("LoaderCheckpointHandler", "LoaderSave", "LoaderRestore")
 
 
 class _LoaderCheckpointHandlerImpl:
-    """Orbax CheckpointHandler for ``Loader`` (``pipeline.LoaderCheckpointHandler`` is this
+    """Orbax CheckpointHandler for ``Loader`` (``loader.LoaderCheckpointHandler`` is this
     mixed into ``ocp.CheckpointHandler``).
 
     Writes ``Loader.get_state()`` — grain's iterator state plus the pipeline fingerprint —
@@ -781,7 +781,7 @@ def _item(args, kwargs):
         a = kwargs.get("args", args[1] if len(args) > 1 else None)
         item = getattr(a, "item", None)
     if not isinstance(item, Loader):
-        raise TypeError(f"expected a pipeline.Loader to checkpoint, got {type(item).__name__}")
+        raise TypeError(f"expected a loader.Loader to checkpoint, got {type(item).__name__}")
     return item
 
 
@@ -818,7 +818,7 @@ def __getattr__(name):
 
 def checkpoint_args(loader: Loader):
     """Orbax save args: ``mngr.save(step, args=ocp.args.Composite(..., data=checkpoint_args(l)))``.
-    Managers built with explicit ``item_handlers`` use ``pipeline.LoaderCheckpointHandler()``."""
+    Managers built with explicit ``item_handlers`` use ``loader.LoaderCheckpointHandler()``."""
     return _orbax_classes()["LoaderSave"](loader)
 
 

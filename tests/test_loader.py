@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmalign_jax.data import chat, images, pipeline, tfds_builder
+from mmalign_jax.data import chat, images, tfds_builder
+from mmalign_jax.data import loader as loader_lib
 from mmalign_jax.data import pairs as pairs_lib
 from mmalign_jax.data import records as records_lib
 
@@ -108,7 +109,7 @@ def env(tmp_path_factory):
     sft_lens = sorted(len(chat.tokenize(r.conversation, tok, **kw).input_ids)
                       for r in recs if r.id.startswith("s"))
     buckets = [sft_lens[1], sft_lens[3], sft_lens[-1] + 5]
-    cfg = pipeline.PipelineConfig(
+    cfg = loader_lib.LoaderConfig(
         image_size=S, max_images=2, seq_len=None, buckets=buckets, prompt_len=prompt_len,
         response_len=response_len, pad_token_id=tok.pad_token_id or 0, batch_size=2,
         num_epochs=1, drop_remainder=False, read_threads=2, **kw)
@@ -141,7 +142,7 @@ def _check_pixels(env, b, i, rec_index):
 # ------------------------------------------------------------------------------ layouts
 def test_dpo_batch_layout_and_reports(env):
     cfg = _cfg(env, shuffle=False, batch_size=4)
-    loader = pipeline.make_loader("dpo", env["src"], env["tok"], cfg, shard_index=0,
+    loader = loader_lib.make_loader("dpo", env["src"], env["tok"], cfg, shard_index=0,
                                   shard_count=1)
     assert [s["id"] for s in loader.skipped] == ["longq"]
     assert "prompt_len" in loader.skipped[0]["reason"]
@@ -198,7 +199,7 @@ def test_dpo_batch_layout_and_reports(env):
 
 def test_sft_buckets_and_modes(env):
     cfg = _cfg(env, shuffle=False, batch_size=2)
-    loader = pipeline.make_loader("sft", env["src"], env["tok"], cfg, shard_index=0,
+    loader = loader_lib.make_loader("sft", env["src"], env["tok"], cfg, shard_index=0,
                                   shard_count=1)
     assert loader.num_examples == 6 and loader.skipped == []
     recs = {r.id: r for r in env["recs"]}
@@ -223,7 +224,7 @@ def test_sft_buckets_and_modes(env):
             _check_pixels(env, b, i, rec_index[rec.id])
     assert sorted(seen) == list(range(6))
     # Rejection sampling: best response per record with responses; two are too long.
-    best = pipeline.make_loader("sft", env["src"], env["tok"],
+    best = loader_lib.make_loader("sft", env["src"], env["tok"],
                                 _cfg(env, sft_mode="best", buckets=None, seq_len=400),
                                 shard_index=0, shard_count=1)
     n_best = len(pairs_lib.best_responses(env["recs"]))
@@ -232,7 +233,7 @@ def test_sft_buckets_and_modes(env):
     assert best.num_examples + len(best.skipped) == n_best
     b = next(iter(best))
     assert b["input_ids"].shape == (2, 400)
-    steer = pipeline.make_loader("sft", env["src"], env["tok"],
+    steer = loader_lib.make_loader("sft", env["src"], env["tok"],
                                  _cfg(env, sft_mode="steerlm", buckets=None, seq_len=400),
                                  shard_index=0, shard_count=1)
     n_steer = len(pairs_lib.steerlm_examples(env["recs"]))
@@ -248,7 +249,7 @@ def test_records_input_dpo_form_and_ref_logps(env):
              "ref_rejected_logp": -10.0 - i} for i in range(3)]
     recs = [records_lib.Record.from_json(r) for r in rows]
     cfg = _cfg(env, shuffle=True, batch_size=2)
-    loader = pipeline.make_loader("dpo", recs, env["tok"], cfg, image_root=env["img"],
+    loader = loader_lib.make_loader("dpo", recs, env["tok"], cfg, image_root=env["img"],
                                   shard_index=0, shard_count=1)
     got = {}
     for b in loader:
@@ -265,14 +266,14 @@ def test_records_input_dpo_form_and_ref_logps(env):
                 assert b["ref_chosen_logps"][i] == 0
     assert got == {f"d{i}": (-1.0 - i, -10.0 - i) for i in range(3)}
     ref = {"chosen": np.arange(13, dtype=np.float32), "rejected": -np.arange(13.0)}
-    loader = pipeline.make_loader("dpo", env["src"], env["tok"], cfg, ref_logps=ref,
+    loader = loader_lib.make_loader("dpo", env["src"], env["tok"], cfg, ref_logps=ref,
                                   shard_index=0, shard_count=1)
     for b in loader:
         idx, w = b["example_index"], b["weight"] > 0
         np.testing.assert_array_equal(b["ref_chosen_logps"][w], ref["chosen"][idx[w]])
         np.testing.assert_array_equal(b["ref_rejected_logps"][w], ref["rejected"][idx[w]])
     with pytest.raises(ValueError, match="example_index"):
-        pipeline.make_loader("dpo", env["src"], env["tok"], cfg,
+        loader_lib.make_loader("dpo", env["src"], env["tok"], cfg,
                              ref_logps={"chosen": [0.0], "rejected": [0.0]},
                              shard_index=0, shard_count=1)
 
@@ -284,14 +285,14 @@ def _indices(loader):
 
 def test_shards_disjoint_and_global_batches(env):
     cfg = _cfg(env, shuffle=True, seed=3, batch_size=2)
-    shards = [_indices(pipeline.make_loader("dpo", env["src"], env["tok"], cfg,
+    shards = [_indices(loader_lib.make_loader("dpo", env["src"], env["tok"], cfg,
                                             shard_index=h, shard_count=2)) for h in range(2)]
     assert len(shards[0]) == len(shards[1]) == 4                 # same step count per host
     flat = [[i for b in s for i in b if i >= 0] for s in shards]
     assert not set(flat[0]) & set(flat[1])
     assert sorted(flat[0] + flat[1]) == list(range(13))
     # Global batch k is the same examples as one host with batch 4: topology-independent.
-    single = _indices(pipeline.make_loader("dpo", env["src"], env["tok"],
+    single = _indices(loader_lib.make_loader("dpo", env["src"], env["tok"],
                                            _cfg(env, shuffle=True, seed=3, batch_size=4),
                                            shard_index=0, shard_count=1))
     for k in range(4):
@@ -301,7 +302,7 @@ def test_shards_disjoint_and_global_batches(env):
 def test_shuffle_per_epoch_deterministic(env):
     def order(seed):
         cfg = _cfg(env, shuffle=True, seed=seed, batch_size=1, num_epochs=2)
-        return [i for b in _indices(pipeline.make_loader(
+        return [i for b in _indices(loader_lib.make_loader(
             "dpo", env["src"], env["tok"], cfg, shard_index=0, shard_count=1)) for i in b]
     a = order(0)
     assert len(a) == 26
@@ -323,7 +324,7 @@ def _assert_batches_equal(xs, ys):
 
 def _resume_check(env, kind, cfg, k, via_orbax=None):
     def mk():
-        return pipeline.make_loader(kind, env["src"], env["tok"], cfg, shard_index=0,
+        return loader_lib.make_loader(kind, env["src"], env["tok"], cfg, shard_index=0,
                                     shard_count=1)
     full = mk()
     ref = _all(full)
@@ -357,15 +358,15 @@ def test_resume_exact_in_process_and_orbax(env, tmp_path):
 
     def via_orbax(loader, restore=False, explicit=True):
         # As train/checkpoint.py does: explicit item handlers, async saving.
-        kw = dict(item_handlers={"data": pipeline.LoaderCheckpointHandler()},
+        kw = dict(item_handlers={"data": loader_lib.LoaderCheckpointHandler()},
                   options=ocp.CheckpointManagerOptions(enable_async_checkpointing=True))
         mngr = ocp.CheckpointManager(str(tmp_path / ("ckpt" if explicit else "ckpt2")),
                                      **(kw if explicit else {}))
         if restore:
-            out = mngr.restore(7, args=ocp.args.Composite(data=pipeline.restore_args(loader)))
+            out = mngr.restore(7, args=ocp.args.Composite(data=loader_lib.restore_args(loader)))
             assert out["data"] is loader
         else:
-            mngr.save(7, args=ocp.args.Composite(data=pipeline.checkpoint_args(loader)))
+            mngr.save(7, args=ocp.args.Composite(data=loader_lib.checkpoint_args(loader)))
             mngr.wait_until_finished()
         mngr.close()
     _resume_check(env, "dpo", cfg, k=5, via_orbax=via_orbax)
@@ -375,9 +376,9 @@ def test_resume_exact_in_process_and_orbax(env, tmp_path):
                   via_orbax=lambda l, restore=False: via_orbax(l, restore, explicit=False))
 
     # A state from another pipeline is refused, not silently misapplied.
-    other = pipeline.make_loader("dpo", env["src"], env["tok"], _cfg(cfg, seed=6),
+    other = loader_lib.make_loader("dpo", env["src"], env["tok"], _cfg(cfg, seed=6),
                                  shard_index=0, shard_count=1)
-    state = pipeline.make_loader("dpo", env["src"], env["tok"], cfg, shard_index=0,
+    state = loader_lib.make_loader("dpo", env["src"], env["tok"], cfg, shard_index=0,
                                  shard_count=1).get_state()
     with pytest.raises(ValueError, match="seed"):
         other.set_state(state)
@@ -388,6 +389,6 @@ def test_resume_exact_with_worker_processes(env):
                worker_count=2)
     ref = _resume_check(env, "dpo", cfg, k=5)
     # Worker processes change nothing about the data: same batches as in-process.
-    in_process = pipeline.make_loader("dpo", env["src"], env["tok"], _cfg(cfg, worker_count=0),
+    in_process = loader_lib.make_loader("dpo", env["src"], env["tok"], _cfg(cfg, worker_count=0),
                                       shard_index=0, shard_count=1)
     _assert_batches_equal(_all(in_process), ref)
