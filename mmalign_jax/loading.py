@@ -216,7 +216,8 @@ def load_model(path: str, *, dtype: str = "float32", kind: str = "auto", mesh=No
         prev = run_config(path)
         cfg = model_config(prev)
         family = registry.for_config(cfg)
-        template, image_mode = prev.data.template, prev.data.image_mode
+        template = prev.data.template or family.default_template
+        image_mode = prev.data.image_mode or family.default_image_mode
         tok_dir = tokenizer or prev.data.tokenizer or prev.model.hf_checkpoint
         if not os.path.exists(os.path.join(path, "summary.json")):
             log.warning("%s has no summary.json (unfinished run?): using its latest checkpoint",

@@ -93,7 +93,7 @@ class Answerer(Protocol):
 
 @dataclasses.dataclass
 class EvalModel:
-    """A loaded model ready to answer: `Llava(cfg)`, its variables, tokenizer and the
+    """A loaded model ready to answer: the family's module, its variables, tokenizer and the
     conversation template / image mode it was trained with."""
     name: str
     path: str
@@ -101,7 +101,7 @@ class EvalModel:
     model: Any
     variables: dict
     tokenizer: Any
-    template: str = "vicuna_v1"
+    template: Optional[str] = None      # None: the model family's default
     image_mode: str = "pad"
     batch_size: int = 8
     _generators: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -125,38 +125,30 @@ class EvalModel:
 def load_model(path: str, *, name: Optional[str] = None, dtype: Optional[str] = None,
                tokenizer: Optional[str] = None, template: Optional[str] = None,
                image_mode: Optional[str] = None, batch_size: int = 8) -> EvalModel:
-    """The model at `path`: a llava-hf folder (`config.json` + safetensors + tokenizer files)
-    or the workdir of a `python -m mmalign_jax.train` run (its final weights, LoRA merged;
-    tokenizer, template and image mode from the run's config), on one device — loaded by
-    the sampling command's loader (`generate.candidates.load_model`).
+    """The model at `path` (`loading.load_model`): a Hugging Face folder of any registered
+    family (`config.json` + safetensors + tokenizer files) or the workdir of a `python -m
+    mmalign_jax.train` run (its final weights, LoRA merged; tokenizer, template and image
+    mode from the run's config), on one device.
 
-    dtype: parameter/compute dtype (default float32). tokenizer: a tokenizer folder (or
-    'demo') overriding the model's. template/image_mode: override the conversation template
-    (`vicuna_v1`, LLaVA-1.5's eval default) and image preprocessing (`pad`). name: how
-    reports call the model (default: the folder name).
+    dtype: parameter/compute dtype (default float32). tokenizer: a tokenizer folder
+    overriding the model's. template/image_mode: override the conversation template and
+    image preprocessing (default: the run's, else the family's — LLaVA-1.5: `vicuna_v1`,
+    `pad`). name: how reports call the model (default: the folder name).
     """
-    import jax
-
-    from mmalign_jax import parallel
-    from mmalign_jax.generate import candidates
+    from mmalign_jax import loading
 
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--model {path}: not a folder; pass a llava-hf checkpoint "
+        raise FileNotFoundError(f"--model {path}: not a folder; pass a Hugging Face checkpoint "
                                 "folder or a training workdir")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"--model {path}: no config.json; expected a llava-hf "
+        raise FileNotFoundError(f"--model {path}: no config.json; expected a Hugging Face "
                                 "folder or a training workdir")
-    c = candidates.default_config()
-    c.checkpoint, c.model_name = path, name or ""
-    c.dtype = dtype or "float32"
-    c.tokenizer, c.template, c.image_mode = tokenizer or "", template or "", image_mode or ""
-    devices = jax.devices()[:1]
-    mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices)
-    m = candidates.load_model(c, mesh, tuple(tuple(r) for r in c.mesh.rules))
-    return EvalModel(name=m.name, path=path, cfg=m.cfg, model=m.model, variables=m.variables,
-                     tokenizer=m.tokenizer, template=m.template, image_mode=m.image_mode,
-                     batch_size=batch_size)
+    m = loading.load_model(path, dtype=dtype or "float32", tokenizer=tokenizer or "")
+    return EvalModel(name=name or os.path.basename(os.path.abspath(path).rstrip("/")),
+                     path=path, cfg=m.cfg, model=m.model, variables={"params": m.params},
+                     tokenizer=m.tokenizer, template=template or m.template,
+                     image_mode=image_mode or m.image_mode, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------- answering

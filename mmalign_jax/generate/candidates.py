@@ -85,8 +85,8 @@ def default_config() -> mlc.ConfigDict:
     c.strict = False               # True: the first bad input row stops the run
     c.limit = 0                    # > 0: only the first `limit` records
     c.tokenizer = ""               # a tokenizer folder; default: the checkpoint's / the workdir's
-    c.template = ""                # default: the workdir's data.template, else vicuna_v1
-    c.image_mode = ""              # default: the workdir's data.image_mode, else pad
+    c.template = ""                # default: the workdir's data.template, else the family's
+    c.image_mode = ""              # default: the workdir's data.image_mode, else the family's
     c.dtype = "float32"            # compute and parameter dtype (bfloat16 on accelerators)
     c.seed = 0
     c.batch_size = 8               # prompts per batch (global); a multiple of data×fsdp

@@ -463,7 +463,7 @@ class Generator:
     give the same texts.
     """
 
-    def __init__(self, model, variables, tokenizer, template="vicuna_v1", *,
+    def __init__(self, model, variables, tokenizer, template: Optional[str] = None, *,
                  image_size: Optional[int] = None, image_mode: str = "pad",
                  batch_size: int = 8, min_prompt_bucket: int = 16):
         if batch_size < 1:
@@ -471,9 +471,9 @@ class Generator:
         self.model = model
         self.variables = variables
         self.tokenizer = tokenizer
-        self.template = template
         self.cfg = model.cfg
         self.family = registry.for_config(self.cfg)
+        self.template = template or self.family.default_template
         self.image_size = int(self.cfg.image_size)
         if image_size is not None and int(image_size) != self.image_size:
             raise ValueError(f"image_size={image_size}: this model's image processor makes "

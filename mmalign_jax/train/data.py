@@ -15,6 +15,7 @@ import numpy as np
 from mmalign_jax import loading, parallel
 from mmalign_jax.data import loader as loader_lib
 from mmalign_jax.data import tfds_builder
+from mmalign_jax.models import registry
 from mmalign_jax.train import methods
 
 log = logging.getLogger("mmalign_jax.train")
@@ -50,10 +51,12 @@ class TrainData:
 
     def pcfg(self, shuffle: bool, epochs, drop_remainder: bool = True) -> loader_lib.LoaderConfig:
         c, cfg = self.c, self.cfg
+        family = registry.for_config(cfg)
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (cfg.text.pad_token_id or 0)
         return loader_lib.LoaderConfig(
-            template=c.data.template, image_size=cfg.image_size, image_mode=c.data.image_mode,
+            template=c.data.template or family.default_template, image_size=cfg.image_size,
+            image_mode=c.data.image_mode or family.default_image_mode,
             image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens,
             max_images=c.data.max_images, seq_len=c.data.seq_len, prompt_len=c.data.prompt_len,
             response_len=c.data.response_len, pad_token_id=int(pad),

@@ -28,7 +28,7 @@ def base_config(method: str) -> mlc.ConfigDict:
 
     c.model = mlc.ConfigDict()
     c.model.preset = "tiny"            # shapes when no checkpoint is given (any family's)
-    c.model.hf_checkpoint = ""         # llava-hf folder: weights + config + tokenizer
+    c.model.hf_checkpoint = ""         # Hugging Face folder: weights + config + tokenizer
     c.model.init_from = ""             # a workdir of ours (e.g. the SFT run) to start from
     c.model.dtype = "float32"          # compute dtype ("bfloat16" on accelerators)
     c.model.param_dtype = "float32"    # storage of frozen weights; trained ones stay float32
@@ -63,8 +63,8 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.data.train_split = "train"
     c.data.eval_split = "eval"
     c.data.tokenizer = ""              # a tokenizer folder; default: the checkpoint folder
-    c.data.template = "vicuna_v1"
-    c.data.image_mode = "pad"
+    c.data.template = ""               # '' = the model family's (LLaVA-1.5: vicuna_v1)
+    c.data.image_mode = ""             # '' = the model family's (LLaVA-1.5: pad)
     c.data.max_images = 1
     c.data.seq_len = 256               # SFT
     c.data.prompt_len = 128            # DPO: prompt (image tokens included), left padded
