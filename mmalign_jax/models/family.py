@@ -62,6 +62,8 @@ class ModelFamily:
     vision_key: str                      # params[vision_key] is the vision tower
     description: str = ""
     checkpoints: Tuple[str, ...] = ()    # Hugging Face hub names known to load
+    pretrained_presets: Tuple[str, ...] = ()   # shapes of published checkpoints: load them,
+                                               # never train them from random weights
 
     def preset(self, name: str):
         try:

@@ -11,7 +11,7 @@ import jax
 import ml_collections as mlc
 
 from mmalign_jax import parallel
-from mmalign_jax.models import attention
+from mmalign_jax.models import attention, registry
 from mmalign_jax.train import methods
 PAPER_PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
 
@@ -126,8 +126,8 @@ class ConfigError(ValueError):
 
 def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) -> None:
     """Fail before compiling anything, with a sentence that says what to change.
-    `random_init_ok`: a llava preset may start from random weights (the benchmark times the
-    real shapes; training them from scratch is never what a user wants)."""
+    `random_init_ok`: a preset of a published checkpoint may start from random weights (the
+    benchmark times the real shapes; training them from scratch is never what a user wants)."""
     def need(cond, msg):
         if not cond:
             raise ConfigError(msg)
@@ -141,10 +141,15 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) ->
          "(made by `python -m mmalign_jax.data build`)")
     if c.get("prepare"):
         need(":" in c.prepare, f"prepare={c.prepare!r}: use 'package.module:function'")
-    if c.model.preset in PAPER_PRESETS and not random_init_ok:
-        need(bool(c.model.hf_checkpoint or c.model.init_from),
-             f"preset {c.model.preset} trains a real model: pass "
-             "--config.model.hf_checkpoint=/path/to/llava-hf folder")
+    if not (c.model.hf_checkpoint or c.model.init_from):
+        try:
+            family = registry.for_preset(c.model.preset)
+        except ValueError as e:
+            raise ConfigError(f"model.preset: {e}") from None
+        need(random_init_ok or c.model.preset not in family.pretrained_presets,
+             f"preset {c.model.preset} is the shape of a published checkpoint "
+             f"({family.name}): pass --config.model.hf_checkpoint=/path/to/its Hugging Face "
+             "folder")
     need(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype: float32|bfloat16|float16")
     need(c.model.remat_policy in ("none", "full", "dots", "dots_no_batch"),
          "model.remat_policy must be none|full|dots|dots_no_batch")

@@ -38,4 +38,5 @@ FAMILY = ModelFamily(
     vision_key="vision_tower",
     description="LLaVA-1.5: CLIP ViT (frozen) → 2-layer GELU MLP projector → LLaMA/Vicuna",
     checkpoints=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
+    pretrained_presets=("llava-1.5-7b", "llava-1.5-13b"),
 )

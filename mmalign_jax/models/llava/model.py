@@ -171,8 +171,8 @@ def init_params(cfg: LlavaConfig, rng: jax.Array):
 @functools.lru_cache(maxsize=16)
 def _abstract_boxed(cfg: LlavaConfig):
     """Shapes and logical names of the params, traced once per config: a trace of Flax's
-    init runs the model's forward (≈ 1.3 s at LLaVA-1.5-7B widths on CPU), and building a
-    run asked for it five times (shapes, specs, LoRA's shapes and specs)."""
+    init runs the model's forward (seconds at 7B widths on CPU), and building a run asks for
+    it several times (shapes, specs, LoRA's shapes and specs)."""
     return jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0))
 
 
