@@ -75,7 +75,7 @@ for part in $PARTS; do
     ;;
   7b)
     s=$(date +%s)
-    timeout 150 python3 benchmarks/torch_dpo_step.py --preset llava-1.5-7b --steps 5 --warmup 2 \
+    timeout 150 python3 -m mmalign_jax.bench_baselines.torch_dpo_step --preset llava-1.5-7b --steps 5 --warmup 2 \
       --pairs "${PAIRS_7B:-2}" --prompt-text 64 --response-len 256 --device cuda --lora 128 \
       --dtype bfloat16 > "$WORK/7b-torch.json" 2> "$WORK/7b-torch.log"
     echo "part 7b (PyTorch) rc=$? wall $(( $(date +%s) - s )) s"; grep -a "^\[torch\]" "$WORK/7b-torch.log"

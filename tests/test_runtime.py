@@ -159,3 +159,61 @@ def test_entry_points_import_without_starting_jax():
     for group in groups:
         res = _run(_IMPORT_ENTRY, subprocess_env(), *group)
         assert res == {m: False for m in group}, res
+
+
+_OUTSIDE = r"""
+import importlib.util, json, os, sys
+site, repo = sys.argv[1], sys.argv[2]
+opened = []
+
+
+def audit(event, args):
+    # every file the process opens or runs, by path (imports included)
+    if event in ("open", "exec", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(audit)
+import mmalign_jax
+assert os.path.dirname(mmalign_jax.__file__) == os.path.join(site, "mmalign_jax"), mmalign_jax.__file__
+from mmalign_jax.pipeline import recipe
+configs = {}
+for name in ("sft", "dpo", "steerlm", "rejection_sampling", "generate", "pipeline"):
+    for preset in ("demo", "llava-1.5-7b"):
+        configs[f"{name}:{preset}"] = recipe.load_config(name, preset).to_json()
+from mmalign_jax import bench
+bench.missing_packages = lambda name: []     # torch / trl need not be installed for the command
+commands, origins = {}, {}
+for name in ("torch", "trl"):
+    cmd, err = bench.baseline_command(name, bench.Workload("tiny", 2, 8, 8), 1, 0)
+    assert err is None, err
+    assert cmd[1] == "-m", cmd               # run as a module of this package
+    commands[name] = cmd[1:3]
+    origins[name] = importlib.util.find_spec(cmd[2]).origin
+package = os.path.join(site, "mmalign_jax") + os.sep
+outside = sorted({p for p in opened
+                  if os.path.realpath(os.path.abspath(p)).startswith((repo + os.sep, site + os.sep))
+                  and not (os.path.abspath(p) + os.sep).startswith(package)})
+heavy = [m for m in ("torch", "transformers", "trl") if m in sys.modules]
+print(json.dumps({"outside": outside, "commands": commands, "origins": origins,
+                  "configs": sorted(configs), "heavy": heavy}))
+"""
+
+
+def test_package_reads_no_files_outside_itself(tmp_path):
+    """An installed copy works: the package alone (copied without the repository around it —
+    no configs/, no benchmarks/ beside it) run from an empty folder loads every method config
+    through the pipeline's loader and resolves the bench's baselines as modules of its own,
+    and the process opens no file of the repository checkout (nor beside the copy)."""
+    import shutil
+    site, cwd = tmp_path / "site", tmp_path / "cwd"
+    shutil.copytree(PACKAGE, site / "mmalign_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    cwd.mkdir()
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(site)            # not the checkout
+    res = _run(_OUTSIDE, env, str(site.resolve()), os.path.realpath(ROOT), cwd=str(cwd))
+    assert res["outside"] == [], res["outside"]
+    assert len(res["configs"]) == 12
+    assert res["heavy"] == []                # the bench imports no baseline's packages
+    for name, origin in res["origins"].items():
+        assert origin.startswith(str(site / "mmalign_jax" / "")), (name, origin)
