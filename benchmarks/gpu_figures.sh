@@ -44,8 +44,9 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$WORK/gpu.txt"
 python3 -c "import jax, flax, optax, transformers, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" 2>&1 | tee -a "$WORK/gpu.txt"
-# The library's GPU XLA flags (mmalign_jax/xla_flags.py) must have been applied on import.
-python3 -c "import os, mmalign_jax; print('XLA_FLAGS after importing mmalign_jax:', os.environ.get('XLA_FLAGS', ''))" 2>&1 | tee -a "$WORK/gpu.txt"
+# The library's GPU XLA flags (mmalign_jax/xla_flags.py), as mmalign_jax.configure_process()
+# applies them in every `python -m mmalign_jax.…` process below.
+python3 -c "import os, mmalign_jax; mmalign_jax.configure_process(); print('XLA_FLAGS after mmalign_jax.configure_process():', os.environ.get('XLA_FLAGS', ''))" 2>&1 | tee -a "$WORK/gpu.txt"
 
 # The 7B DPO step of ours: 2 pairs of (576 image + 64 text) prompt tokens and 2 × 256
 # response tokens; LoRA r128/α256 on the LM's linear layers, projector trained, base and
@@ -74,7 +75,7 @@ for part in $PARTS; do
     ;;
   7b)
     s=$(date +%s)
-    timeout 150 python3 benchmarks/torch_dpo_step.py --preset llava-1.5-7b --steps 5 --warmup 2 \
+    timeout 150 python3 -m mmalign_jax.bench_baselines.torch_dpo_step --preset llava-1.5-7b --steps 5 --warmup 2 \
       --pairs "${PAIRS_7B:-2}" --prompt-text 64 --response-len 256 --device cuda --lora 128 \
       --dtype bfloat16 > "$WORK/7b-torch.json" 2> "$WORK/7b-torch.log"
     echo "part 7b (PyTorch) rc=$? wall $(( $(date +%s) - s )) s"; grep -a "^\[torch\]" "$WORK/7b-torch.log"

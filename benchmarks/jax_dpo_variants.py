@@ -25,7 +25,7 @@ each position equally often.
               against it; jax.nn.dot_product_attention)
   concat      the baselines' layout in JAX: chosen and rejected concatenated into one
               [2B, P+R] batch, image encoded for both halves, full forward, LM head at the
-              response positions (what benchmarks/torch_dpo_step.py does)
+              response positions (what mmalign_jax/bench_baselines/torch_dpo_step.py does)
   prefill_P   like cached, but the prompt is prefilled into a P-slot cache that is then padded
               to P+R for the responses (prompt queries attend to P, not P+R, slots)
   remat_dots / remat_dots_no_batch / remat_full   ours with model.remat_policy changed
@@ -221,4 +221,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from mmalign_jax.runtime import configure_process
+    configure_process()   # the library's XLA flags / malloc settings, as its CLIs do
     main()

@@ -90,4 +90,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from mmalign_jax.runtime import configure_process
+    configure_process()   # the library's XLA flags / malloc settings, as its CLIs do
     main()

@@ -9,31 +9,8 @@
       --config.checkpoint=workdir/steerlm-demo --attributes verbosity=0,correctness=4
 
 Every field: `mmalign_jax/generate/candidates.py` (`default_config`).
+
+The definition: `mmalign_jax/configs/generate.py` (the pipeline loads it from the package);
+this file re-exports its `get_config` for `--config`.
 """
-from mmalign_jax.generate import candidates
-
-PAPER_PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
-
-
-def get_config(preset: str = "demo"):
-    c = candidates.default_config()
-    if preset == "demo":
-        # The demo SFT model (`python -m mmalign_jax.train --config configs/sft.py`) answers
-        # the demo task's training prompts (written by that run under its workdir).
-        c.checkpoint = "workdir/sft-demo"
-        c.records = "workdir/sft-demo/data/train.jsonl"
-        c.image_root = "workdir/sft-demo/data/images"
-        c.out = "workdir/generate-demo/candidates.jsonl"
-        c.sampling.max_new_tokens = 48
-        c.batch_size = 32
-    elif preset in PAPER_PRESETS:
-        # A llava-hf folder (or a workdir of ours) given with --config.checkpoint.
-        c.model_name = preset
-        c.dtype = "bfloat16"
-        c.template = "vicuna_v1"
-        c.image_mode = "pad"
-        c.sampling.max_new_tokens = 1024
-        c.batch_size = 32
-    else:
-        raise ValueError(f"unknown preset {preset!r}: use demo, llava-1.5-7b or llava-1.5-13b")
-    return c
+from mmalign_jax.configs.generate import get_config  # noqa: F401

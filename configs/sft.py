@@ -3,19 +3,8 @@
   python -m mmalign_jax.train --config configs/sft.py                 # offline demo
   python -m mmalign_jax.train --config configs/sft.py:llava-1.5-13b \
       --config.model.hf_checkpoint=/ckpt/llava-1.5-13b-hf --config.data.data_dir=/data/sft
+
+The definition: `mmalign_jax/configs/sft.py` (the pipeline loads it from the package);
+this file re-exports its `get_config` for `--config`.
 """
-from mmalign_jax.demo import recipe as demo_recipe
-from mmalign_jax.train import defaults
-
-
-def get_config(preset: str = "demo"):
-    c = defaults.base_config("sft")
-    if preset == "demo":
-        demo_recipe.apply_sft(c)   # the tiny model from random weights: train it all
-    elif preset in defaults.PAPER_PRESETS:
-        defaults.apply_paper_preset(c, preset)
-        c.optim.lr = 4e-4
-        c.data.seq_len = 2048
-    else:
-        raise ValueError(f"unknown preset {preset!r}: use demo, llava-1.5-7b or llava-1.5-13b")
-    return c
+from mmalign_jax.configs.sft import get_config  # noqa: F401

@@ -1,11 +1,13 @@
-"""mmalign-jax: multimodal (LLaVA) preference alignment in JAX/Flax."""
+"""mmalign-jax: multimodal (LLaVA) preference alignment in JAX/Flax.
 
-from mmalign_jax import host_malloc as _host_malloc
-from mmalign_jax import xla_flags as _xla_flags
+Importing the package (or any module of it) changes nothing in the process. Programs that
+run JAX work call `mmalign_jax.configure_process()` first, before JAX starts its backends:
+it applies the library's GPU XLA flags and, when asked for, its glibc malloc settings
+(runtime.py). The command-line entry points (`python -m mmalign_jax.train`, …) do so.
+"""
+
+from mmalign_jax.runtime import configure_process
 
 __version__ = "0.1.0"
 
-# Before JAX creates its GPU client: GEMMs through cuBLAS (see xla_flags.py for the figures).
-_xla_flags.apply_defaults()
-# MMALIGN_JAX_KEEP_STEP_MEMORY=1: glibc keeps each CPU step's memory (host_malloc.py); off by default.
-_host_malloc.apply_if_requested()
+__all__ = ["configure_process", "__version__"]

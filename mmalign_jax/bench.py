@@ -21,8 +21,9 @@ What is timed
   4·N·tokens more backward for trained weights (attention excluded).
 * MFU = counted FLOPs / s / the device's dense bf16 peak (PEAK_FLOPS); "n/a" on CPU.
 * CPU-s/step: the process's CPU time per step (all threads), a load-robust measure of work.
-* baselines: `benchmarks/torch_dpo_step.py` and `benchmarks/trl_dpo_step.py` (+ diagnostic
-  variants trl-gc, torch-1t) run as subprocesses with the same shapes. By default they run
+* baselines: `mmalign_jax/bench_baselines/torch_dpo_step.py` and `.../trl_dpo_step.py`
+  (+ diagnostic variants trl-gc, torch-1t) run as subprocesses (`python -m
+  mmalign_jax.bench_baselines.…`) with the same shapes. By default they run
   in `--serve` mode and the implementations take turns one step at a time (rotating order),
   so a shared machine's load drift hits every row alike. Ours is served the same way, from
   its own process (`--serve-ours`), and the whole measurement is repeated once per rotation
@@ -67,12 +68,17 @@ import numpy as np
 log = logging.getLogger("mmalign_jax.bench")
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# torch / trl: as specified (threads = cores, no gradient checkpointing). Diagnostics:
-# trl-gc = TRL with its own default gradient checkpointing; torch-1t = one torch thread (shows
-# how much a competing process on a shared machine costs torch's OpenMP barriers).
-BASELINE_SCRIPTS = {"torch": "benchmarks/torch_dpo_step.py", "trl": "benchmarks/trl_dpo_step.py",
-                    "trl-gc": "benchmarks/trl_dpo_step.py", "torch-1t": "benchmarks/torch_dpo_step.py"}
+# The folder this copy of the package was imported from (a source checkout's root, or
+# site-packages): the working directory of every child process, so that `python -m
+# mmalign_jax.…` there runs this same copy.
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The baselines, modules of this package run as `python -m` (bench_baselines/; they import
+# PyTorch / TRL, which only their own process needs). torch / trl: as specified (threads =
+# cores, no gradient checkpointing). Diagnostics: trl-gc = TRL with its own default gradient
+# checkpointing; torch-1t = one torch thread (shows how much a competing process on a shared
+# machine costs torch's OpenMP barriers).
+_TORCH, _TRL = "mmalign_jax.bench_baselines.torch_dpo_step", "mmalign_jax.bench_baselines.trl_dpo_step"
+BASELINE_MODULES = {"torch": _TORCH, "trl": _TRL, "trl-gc": _TRL, "torch-1t": _TORCH}
 BASELINE_EXTRA_ARGS = {"trl-gc": ["--gradient-checkpointing"], "torch-1t": ["--threads", "1"]}
 _TRL_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets")
 BASELINE_PACKAGES = {"torch": ("torch", "transformers"), "torch-1t": ("torch", "transformers"),
@@ -770,17 +776,17 @@ def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: boo
                      extra: Sequence[str] = ()):
     """(argv, None) to run a baseline, or (None, error dict) when it cannot run here.
     `extra`: `baseline_args(...)`."""
-    script = os.path.join(REPO, BASELINE_SCRIPTS[name])
+    module = BASELINE_MODULES[name]
     base = {"name": name, "what": "dpo"}
-    if not os.path.exists(script):
-        return None, {**base, "error": f"{BASELINE_SCRIPTS[name]} not found (run from a source checkout)"}
+    if importlib.util.find_spec(module) is None:
+        return None, {**base, "error": f"{module} not found (an incomplete installation)"}
     missing = missing_packages(name)
     if missing:
         return None, {**base, "error": "not run: missing packages " + ", ".join(missing)
                       + " (see requirements-bench.txt)"}
     if w.preset not in BASELINE_PRESETS:
         return None, {**base, "error": f"not run: the baseline scripts know presets {BASELINE_PRESETS}"}
-    cmd = [sys.executable, script, "--preset", w.preset, "--steps", str(steps),
+    cmd = [sys.executable, "-m", module, "--preset", w.preset, "--steps", str(steps),
            "--warmup", str(warmup), "--pairs", str(w.pairs), "--prompt-text", str(w.prompt_text),
            "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, []) + list(extra)
     return cmd + (["--serve"] if serve else []), None
@@ -839,7 +845,7 @@ def run_baseline(name: str, w: Workload, steps: int, warmup: int, timeout: float
     log.info("running %s", " ".join(cmd[1:]))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=IMPORT_ROOT,
                               env=child_env())
     except subprocess.TimeoutExpired:
         return {"name": name, "what": "dpo", "error": f"timed out after {timeout:.0f}s",
@@ -863,7 +869,7 @@ class ServedBaseline:
         self.t0 = time.perf_counter()
         log.info("starting %s", " ".join(cmd[1:]))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True, cwd=REPO, bufsize=1,
+                                     stderr=self.err, text=True, cwd=IMPORT_ROOT, bufsize=1,
                                      env=child_env())
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.summary, self.error, self.times, self.cpu = None, None, [], []
@@ -1230,8 +1236,8 @@ def main(argv=None) -> dict:
     whats = ("forward", "sft", "dpo") if args.what == "all" else (args.what,)
     baselines = [b for b in args.baselines.replace(" ", "").split(",") if b and b != "none"]
     for b in baselines:
-        if b not in BASELINE_SCRIPTS:
-            ap.error(f"unknown baseline {b!r}; use {', '.join(BASELINE_SCRIPTS)}")
+        if b not in BASELINE_MODULES:
+            ap.error(f"unknown baseline {b!r}; use {', '.join(BASELINE_MODULES)}")
     if lora_or_bf16(args.lora, args.dtype) and any(b not in LORA_BASELINES for b in baselines):
         ap.error("--lora / --dtype bfloat16: only the lean PyTorch baseline (torch, torch-1t) "
                  "runs that workload too; use --baselines torch or --baselines none")
@@ -1322,4 +1328,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from mmalign_jax.runtime import configure_process
+    configure_process()   # XLA flags / malloc settings, before JAX starts (runtime.py)
     main()

@@ -28,9 +28,11 @@ against 117 / 131 s without (two alternating pairs of runs), and the demo's tiny
 block big enough to gain. `python -m mmalign_jax.bench` turns them on in every process it
 times (`--malloc keep`, its default: the interleaved rounds would otherwise charge whichever
 process sat idle longest); elsewhere `MMALIGN_JAX_KEEP_STEP_MEMORY=1` turns them on when
-`mmalign_jax` is imported. They must be set before JAX starts its CPU client (its worker
-threads pick their arena at their first allocation): after `import jax` works, after the
-first computation is too late. Only on Linux with glibc, where JAX will run on the CPU (no
+the process calls `mmalign_jax.configure_process()` (runtime.py; the package's command-line
+entry points call it first thing in their `__main__`; importing `mmalign_jax` alone changes
+nothing). They must be set before JAX starts its CPU client (its worker threads pick their
+arena at their first allocation): after `import jax` works, after the first computation is
+too late. Only on Linux with glibc, where JAX will run on the CPU (no
 CUDA plugin or TPU runtime it could use, or `JAX_PLATFORMS=cpu`), and not where
 `GLIBC_TUNABLES` already sets malloc tunables.
 """
@@ -110,8 +112,8 @@ def apply(environ: MutableMapping[str, str] = os.environ, accelerator: Optional[
 
 
 def apply_if_requested(environ: MutableMapping[str, str] = os.environ) -> list[str]:
-    """`apply` when `MMALIGN_JAX_KEEP_STEP_MEMORY` asks for it (called when `mmalign_jax` is
-    imported)."""
+    """`apply` when `MMALIGN_JAX_KEEP_STEP_MEMORY` asks for it (called by
+    `mmalign_jax.configure_process()`)."""
     return apply(environ) if requested(environ) else []
 
 

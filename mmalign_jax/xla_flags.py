@@ -9,13 +9,15 @@ XLA's default (autotuner on) compiles far longer (one fp32 GEMM case of the micr
 100 s) for kernels within 5 % of cuBLAS's on the 7B step's bf16 shapes, except the plain
 projection, where cuBLAS was 1.4x faster (in fp32 the autotuned SwiGLU MLP was 1.28x faster).
 XLA reads these flags when JAX creates its GPU client, i.e. at the first computation:
-importing `mmalign_jax` before that is enough.
+`mmalign_jax.configure_process()` (runtime.py) applies them and must be called before that —
+the package's command-line entry points call it first thing; importing `mmalign_jax` alone
+changes nothing.
 
 Only where JAX can reach an NVIDIA GPU: a CUDA PJRT plugin is installed (`jax_plugins.xla_cuda*`)
 and `JAX_PLATFORMS`, if set, allows it — elsewhere `XLA_FLAGS` is left alone (another XLA in
 the process, an old TensorFlow's, stops at flags it does not know). A flag the user already
 put in `XLA_FLAGS` is never overridden; `MMALIGN_JAX_XLA_DEFAULTS=0` turns the defaults off.
-Imported after JAX has started its backends, the flags come too late: a RuntimeWarning says so.
+Applied after JAX has started its backends, the flags come too late: a RuntimeWarning says so.
 """
 from __future__ import annotations
 
@@ -82,11 +84,11 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ,
         environ["XLA_FLAGS"] = " ".join([current.strip(), *added]).strip()
         if environ is os.environ and backends_started():   # this process's JAX: too late
             warnings.warn(
-                "JAX started its backends before mmalign_jax was imported, so XLA_FLAGS "
-                f"{' '.join(added)} cannot take effect in this process: on an NVIDIA GPU the "
-                "train step can run many times slower (docs/PERFORMANCE.md, 'GPU'). Import "
-                "mmalign_jax before the first JAX computation, or set these flags in XLA_FLAGS "
-                "before starting Python.", RuntimeWarning, stacklevel=2)
+                "JAX started its backends before mmalign_jax.configure_process() was called, so "
+                f"XLA_FLAGS {' '.join(added)} cannot take effect in this process: on an NVIDIA "
+                "GPU the train step can run many times slower (docs/PERFORMANCE.md, 'GPU'). Call "
+                "mmalign_jax.configure_process() before the first JAX computation, or set these "
+                "flags in XLA_FLAGS before starting Python.", RuntimeWarning, stacklevel=2)
     return added
 
 

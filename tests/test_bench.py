@@ -96,21 +96,16 @@ def test_baseline_command_carries_the_device_arguments(monkeypatch):
     assert extra == ["--device", "cuda", "--tf32"]
     cmd, err = bench.baseline_command("torch", bench.Workload("tiny", 4, 8, 8), 1, 0, extra=extra)
     assert err is None and cmd[-3:] == ["--device", "cuda", "--tf32"]
+    assert cmd[1:3] == ["-m", "mmalign_jax.bench_baselines.torch_dpo_step"]   # a module of the package
     # CPU, fp32, full fine-tuning: nothing added (nothing left over from an earlier call)
     assert bench.baseline_args("cpu", "highest", 0, "float32") == []
     assert bench.baseline_args("cpu", "highest", 8, "bfloat16") == ["--lora", "8", "--dtype", "bfloat16"]
 
 
 def test_baseline_shapes_match_our_presets():
-    # The baseline scripts keep their own copy of the shapes (they must not import JAX); a
+    # The baseline modules keep their own copy of the shapes (they must not import JAX); a
     # preset changed on one side only would compare different models.
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "benchmarks", "torch_dpo_step.py")
-    spec = importlib.util.spec_from_file_location("torch_dpo_step", path)
-    lean = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lean)
+    from mmalign_jax.bench_baselines import torch_dpo_step as lean
     assert set(bench.BASELINE_PRESETS) <= set(lean.PRESETS)
     for name in bench.BASELINE_PRESETS:
         hf = presets.to_hf_config(presets.get_preset(name))
@@ -138,7 +133,8 @@ def test_attention_kernel_is_a_training_setting():
 
 
 def _benchmark_script(name: str):
-    """A script of benchmarks/ (not a package) imported as a module."""
+    """A developer script of benchmarks/ (not a package; the library never runs them)
+    imported as a module."""
     import importlib.util
     import os
 

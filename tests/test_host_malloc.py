@@ -35,6 +35,8 @@ _PROBE = r"""
 import json, os, resource, sys
 import mmalign_jax
 from mmalign_jax import host_malloc
+imported = list(host_malloc.applied)       # importing alone: nothing
+configured = mmalign_jax.configure_process()["malloc"]
 import jax, jax.numpy as jnp
 jax.config.update("jax_cpu_enable_async_dispatch", False)
 f = jax.jit(lambda x: x * 2.0)
@@ -46,7 +48,7 @@ for _ in range(10):
     f(x).block_until_ready()
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
 print(json.dumps({"faults_per_call": faults, "applied": host_malloc.applied,
-                  "late": host_malloc.apply()}))
+                  "imported": imported, "configured": configured, "late": host_malloc.apply()}))
 """
 
 
@@ -67,6 +69,7 @@ def test_a_freed_step_block_is_reused_instead_of_faulted_in_again():
     assert off["faults_per_call"] > 0.9 * pages, off     # glibc as it comes: fresh pages per call
     assert on["faults_per_call"] < 0.25 * pages, on      # the settings: none (measured 0) or a rare call
     assert on["applied"] == [s[0] for s in host_malloc.SETTINGS] and off["applied"] == []
+    assert on["imported"] == [] and on["configured"] == on["applied"]   # by configure_process
     assert on["late"] == []                              # once JAX runs, setting them is too late
 
 

@@ -62,26 +62,32 @@ def test_opt_out():
         assert env["XLA_FLAGS"] == "--a=1"
 
 
-def test_importing_the_package_applies_them_before_jax_starts_and_jax_still_runs(tmp_path):
-    """A stand-in CUDA plugin folder on the path (JAX_PLATFORMS unset) makes the import add
-    the flags; XLA:CPU then still starts and accepts them beside the user's own."""
+def test_configure_process_applies_them_before_jax_starts_and_jax_still_runs(tmp_path):
+    """A stand-in CUDA plugin folder on the path (JAX_PLATFORMS unset): the import alone adds
+    nothing, `mmalign_jax.configure_process()` adds the flags (once: a second call adds
+    nothing); XLA:CPU then still starts and accepts them beside the user's own."""
     (tmp_path / "jax_plugins" / "xla_cuda13").mkdir(parents=True)   # no plugin code: JAX skips it
     env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=3")
     env["PYTHONPATH"] += os.pathsep + str(tmp_path)
     for unset in ("JAX_PLATFORMS", xla_flags.OPT_OUT):   # the flags need a GPU to be possible
         env.pop(unset, None)
     code = ("import os, mmalign_jax, jax, jax.numpy as jnp; print(os.environ['XLA_FLAGS']); "
+            "print(mmalign_jax.configure_process()); print(mmalign_jax.configure_process()); "
+            "print(os.environ['XLA_FLAGS']); "
             "print(jax.device_count(), float(jnp.ones(4) @ jnp.ones(4)))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    flags, result = out.stdout.strip().splitlines()[-2:]
+    imported, first, second, flags, result = out.stdout.strip().splitlines()[-5:]
+    assert imported == "--xla_force_host_platform_device_count=3"      # importing: nothing
+    assert first == str({"xla_flags": BOTH, "malloc": []})
+    assert second == str({"xla_flags": [], "malloc": []})
     assert flags.split() == ["--xla_force_host_platform_device_count=3", *BOTH]
     assert result == "3 4.0"   # the user's flag still took effect; the GPU ones are inert on CPU
 
 
 def test_warns_when_jax_started_before_the_flags_could_apply(monkeypatch):
-    """Imported after the first JAX computation, the flags cannot take effect any more: say so
+    """Applied after the first JAX computation, the flags cannot take effect any more: say so
     (on a GPU the step would run many times slower), never silently."""
     import warnings
 
@@ -92,7 +98,7 @@ def test_warns_when_jax_started_before_the_flags_could_apply(monkeypatch):
     monkeypatch.delenv(xla_flags.OPT_OUT, raising=False)
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    with pytest.warns(RuntimeWarning, match="before mmalign_jax was imported"):
+    with pytest.warns(RuntimeWarning, match=r"before mmalign_jax.configure_process\(\) was called"):
         assert xla_flags.apply_defaults(plugin=True) == BOTH
     with warnings.catch_warnings():
         warnings.simplefilter("error")

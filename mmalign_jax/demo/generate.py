@@ -216,4 +216,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from mmalign_jax.runtime import configure_process
+    configure_process()   # XLA flags / malloc settings, before JAX starts (runtime.py)
     main()

@@ -40,5 +40,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from mmalign_jax.runtime import configure_process
+    configure_process()   # XLA flags / malloc settings, before JAX starts (runtime.py)
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib.util
+import importlib
 import json
 import logging
 import os
@@ -41,12 +41,12 @@ from typing import Any, Dict, List
 
 import ml_collections as mlc
 
+from mmalign_jax import configs
 from mmalign_jax.stages import Stages, StageError  # noqa: F401  (Stages re-exported)
 
 log = logging.getLogger("mmalign_jax.pipeline")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-METHODS = ("standard_sft", "rejection_sampling", "steerlm", "dpo")
+METHODS = ("standard_sft", "rejection_sampling", "steerlm", "dpo", "simpo")
 DEMO_EVAL_SPLITS = {"vqa": "sft_eval.jsonl", "text": "sft_text_eval.jsonl"}
 
 
@@ -57,14 +57,12 @@ class PipelineError(StageError):
 # ------------------------------------------------------------------------------ configs
 
 def load_config(method: str, preset: str = "demo") -> mlc.ConfigDict:
-    """`configs/<method>.py:<preset>` as a ConfigDict (the same files the CLI reads)."""
-    path = os.path.join(ROOT, "configs", f"{method}.py")
-    if not os.path.exists(path):
-        raise PipelineError(f"no config file {path} for method {method!r}")
-    spec = importlib.util.spec_from_file_location(f"_mmalign_config_{method}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(preset)
+    """`mmalign_jax.configs.<method>.get_config(preset)`: the config `--config
+    configs/<method>.py:<preset>` gives the CLI (the repository's file re-exports it)."""
+    if method not in configs.NAMES:
+        raise PipelineError(f"no config {method!r}: use one of {', '.join(configs.NAMES)} "
+                            "(mmalign_jax/configs/)")
+    return importlib.import_module(f"mmalign_jax.configs.{method}").get_config(preset)
 
 
 def _as_dict(x) -> dict:

@@ -13,7 +13,6 @@ import ml_collections as mlc
 from mmalign_jax import parallel
 from mmalign_jax.models import attention, registry
 from mmalign_jax.train import methods
-PAPER_PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
 
 
 def base_config(method: str) -> mlc.ConfigDict:
@@ -96,27 +95,6 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.mesh.shape = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.mesh.num_devices = 0             # 0: every device; N: the first N (one process only)
     c.mesh.rules = parallel.DEFAULT_RULES
-    return c
-
-
-def apply_paper_preset(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
-    """The published recipe (PAPER.md): LoRA r128/α256, projector 2e-5, frozen CLIP, bf16."""
-    c.model.preset = preset
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "bfloat16"
-    c.model.remat_policy = "full"
-    c.workdir = f"workdir/{c.method}-{preset}"
-    c.data.source = "tfds"
-    c.data.image_mode = "pad"
-    c.data.template = "vicuna_v1"
-    c.data.worker_count = 8
-    c.train.global_batch_size = 128
-    c.train.micro_batch_size = 8
-    c.train.num_epochs = 3
-    c.train.log_every = 1
-    c.train.eval_every = 50
-    c.train.checkpoint_every = 50
-    c.mesh.shape = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
     return c
 
 

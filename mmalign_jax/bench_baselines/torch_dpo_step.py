@@ -1,7 +1,7 @@
 """The lean, hand-written PyTorch DPO step a user would otherwise write (baseline for
 `python -m mmalign_jax.bench`).
 
-    python benchmarks/torch_dpo_step.py --preset bench-small --steps 5 --warmup 2
+    python -m mmalign_jax.bench_baselines.torch_dpo_step --preset bench-small --steps 5 --warmup 2
 
 Prints ONE JSON line on stdout (everything else goes to stderr):
   {"name": "torch", "s_per_step_median": ..., "step_seconds": [...], "pairs_per_s": ..., ...}
@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 
-# Shapes mirror mmalign_jax.models.presets (kept here so this script does not import JAX;
+# Shapes mirror mmalign_jax.models.presets (kept here so this module does not import JAX;
 # tests/test_bench.py checks they still match).
 PRESETS = {
     "bench-small": dict(

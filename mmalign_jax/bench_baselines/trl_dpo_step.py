@@ -1,7 +1,7 @@
 """TRL `DPOTrainer` on the same LLaVA workload (baseline for `python -m mmalign_jax.bench`).
 
     pip install -r requirements-bench.txt --no-deps      # see that file for the exact commands
-    python benchmarks/trl_dpo_step.py --preset bench-small --steps 5 --warmup 2
+    python -m mmalign_jax.bench_baselines.trl_dpo_step --preset bench-small --steps 5 --warmup 2
 
 Prints ONE JSON line on stdout (logs go to stderr):
   {"name": "trl", "s_per_step_median": ..., "step_seconds": [...], "pairs_per_s": ..., ...}
@@ -42,8 +42,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_dpo_step as lean  # noqa: E402  (same shapes and presets)
+from mmalign_jax.bench_baselines import torch_dpo_step as lean  # same shapes and presets
 
 
 def build_tokenizer(preset: str):

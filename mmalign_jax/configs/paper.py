@@ -1,0 +1,31 @@
+"""The study's models and training recipe (PAPER.md), shared by the method configs.
+
+`PRESETS` are the model presets of the study's checkpoints (LLaVA-1.5 7B / 13B, loaded from
+their Hugging Face folders); `apply(c, preset)` sets what every method of the study shares.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
+
+
+def apply(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
+    """The published recipe (PAPER.md): LoRA r128/α256, projector 2e-5, frozen CLIP, bf16."""
+    c.model.preset = preset
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "bfloat16"
+    c.model.remat_policy = "full"
+    c.workdir = f"workdir/{c.method}-{preset}"
+    c.data.source = "tfds"
+    c.data.image_mode = "pad"
+    c.data.template = "vicuna_v1"
+    c.data.worker_count = 8
+    c.train.global_batch_size = 128
+    c.train.micro_batch_size = 8
+    c.train.num_epochs = 3
+    c.train.log_every = 1
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 50
+    c.mesh.shape = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    return c
