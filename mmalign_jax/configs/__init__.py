@@ -10,4 +10,13 @@ the files the command lines take (`--config configs/dpo.py:llava-1.5-13b`); each
 the `get_config` defined here.
 """
 
+import importlib
+
 NAMES = ("sft", "dpo", "simpo", "steerlm", "rejection_sampling", "generate", "pipeline")
+
+
+def load(name: str, preset: str = "demo"):
+    """`mmalign_jax.configs.<name>.get_config(preset)`; ValueError for an unknown name."""
+    if name not in NAMES:
+        raise ValueError(f"no config {name!r}: use one of {', '.join(NAMES)} (mmalign_jax/configs/)")
+    return importlib.import_module(f"{__name__}.{name}").get_config(preset)

@@ -13,7 +13,7 @@ The definition the pipeline loads (`pipeline.recipe.load_config`); the repositor
 import ml_collections as mlc
 
 from mmalign_jax.configs.paper import PRESETS as PAPER_PRESETS
-from mmalign_jax.pipeline import load_config
+from mmalign_jax.configs import load as load_config
 
 
 def get_config(preset: str = "demo"):

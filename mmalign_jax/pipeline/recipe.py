@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -59,10 +58,12 @@ class PipelineError(StageError):
 def load_config(method: str, preset: str = "demo") -> mlc.ConfigDict:
     """`mmalign_jax.configs.<method>.get_config(preset)`: the config `--config
     configs/<method>.py:<preset>` gives the CLI (the repository's file re-exports it)."""
-    if method not in configs.NAMES:
-        raise PipelineError(f"no config {method!r}: use one of {', '.join(configs.NAMES)} "
-                            "(mmalign_jax/configs/)")
-    return importlib.import_module(f"mmalign_jax.configs.{method}").get_config(preset)
+    try:
+        return configs.load(method, preset)
+    except ValueError as e:
+        if method in configs.NAMES:
+            raise
+        raise PipelineError(str(e)) from None
 
 
 def _as_dict(x) -> dict:
