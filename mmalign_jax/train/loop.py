@@ -53,9 +53,22 @@ def model_config(c) -> config_lib.LlavaConfig:
                        attention_impl=c.model.get("attention_impl", "auto"))
 
 
+def _use_mesh(mesh):
+    """`mesh` as the current mesh, the one Flax's `with_logical_constraint` reads
+    (`jax.sharding.get_abstract_mesh()`). `jax.set_mesh` (`jax.sharding.use_mesh` before it)
+    sets it; a plain `with mesh:` does not, and under it every activation constraint would
+    silently be a no-op (as it was with jax 0.10, which has no `jax.sharding.use_mesh`)."""
+    for setter in (getattr(jax, "set_mesh", None), getattr(jax.sharding, "use_mesh", None)):
+        if setter is not None:
+            return setter(mesh)
+    return mesh
+
+
 def mesh_context(mesh, rules):
+    """The mesh and the logical-axis rules under which the model is traced: parameters are
+    placed by `parallel.tree_shardings`, activations constrained by `layers.constrain`."""
     stack = contextlib.ExitStack()
-    stack.enter_context(jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh)
+    stack.enter_context(_use_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(rules))
     return stack
 
