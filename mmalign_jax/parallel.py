@@ -1,8 +1,10 @@
 """Device mesh, logical-axis rules and multi-host set-up.
 
-Model code names only logical axes (INTERNALS.md); one ordered rules table maps them to the
-mesh axes ('data', 'fsdp', 'tensor'). A logical name with no rule is an error, never a silent
-replication, and a dimension the mesh cannot divide is reported with the parameter's path.
+Model code names only logical axes (INTERNALS.md): parameters one vocabulary ('embed',
+'heads', …), activations their own ('activation_batch', 'activation_embed', …). One ordered
+rules table maps both to the mesh axes ('data', 'fsdp', 'tensor'). A logical name with no rule
+is an error, never a silent replication (for activations: `models.layers.constrain`), and a
+dimension the mesh cannot divide is reported with the parameter's path.
 """
 from __future__ import annotations
 
@@ -18,17 +20,17 @@ log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Ordered (logical name, mesh axes) pairs. FSDP shards weights along 'embed'; tensor
-# parallelism splits heads / MLP / vocab; the frozen vision tower stays replicated.
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
+# Ordered (logical name, mesh axes) pairs. Parameters and activations have their own
+# names (as MaxText's `logical_axis_rules`), so the two can be sharded apart.
+#
+# Parameters: FSDP shards weights along 'embed'; tensor parallelism splits heads / MLP /
+# vocab; the frozen vision tower stays replicated.
+PARAM_RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
-    ("head_dim", None),
     ("layers", None),
     ("norm", None),
     ("lora_rank", None),
@@ -36,6 +38,29 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp_vision", None),
     ("heads_vision", None),
 )
+
+# Activations (`layers.constrain` in the model, the input batch in `batch_sharding`): the
+# batch over 'data' × 'fsdp', heads / MLP / vocab over 'tensor'. Each name maps where the
+# parameter word it replaced used to map. The order matters within one array: Flax's
+# `with_logical_constraint` assigns mesh axes rule by rule and skips a rule whose mesh axes
+# an earlier rule took, so `activation_embed` -> 'fsdp' leaves the hidden dimension of a
+# `[batch, length, embed]` activation unsharded (the batch holds 'fsdp'), as before.
+ACTIVATION_RULES: tuple[tuple[str, Any], ...] = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", "fsdp"),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_embed_vision", None),
+)
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = PARAM_RULES + ACTIVATION_RULES
+
+# The logical name of the leading (batch) axis of every input batch.
+BATCH_AXIS = "activation_batch"
 
 
 def mesh_shape(shape: Mapping[str, int], n_devices: int | None = None) -> tuple[int, ...]:
@@ -137,12 +162,14 @@ def tree_shardings(logical_tree, rules, mesh: Mesh, shapes_tree=None):
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
-    """Leading axis over the data-parallel mesh axes, the rest replicated."""
-    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
+    """Leading axis by the rule for `activation_batch` (default: the data-parallel mesh axes),
+    the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec((BATCH_AXIS,) + (None,) * (ndim - 1), rules, mesh,
+                                               where="input batch"))
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules) -> dict:
-    """Assemble each host's slice of the batch into global arrays sharded over 'batch'."""
+    """Assemble each host's slice of the batch into global arrays sharded by `batch_sharding`."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v)
             for k, v in local.items()}
 
@@ -175,13 +202,25 @@ def maybe_initialize_distributed(cpu_collectives: str | None = None) -> bool:
     return True
 
 
+def _use_mesh(mesh: Mesh):
+    """`mesh` as the current mesh, the one Flax's `with_logical_constraint` reads
+    (`jax.sharding.get_abstract_mesh()`). `jax.set_mesh` (`jax.sharding.use_mesh` before it)
+    sets it; a plain `with mesh:` does not, and under it every activation constraint would
+    silently be a no-op (as it was with jax 0.10, which has no `jax.sharding.use_mesh`)."""
+    for setter in (getattr(jax, "set_mesh", None), getattr(jax.sharding, "use_mesh", None)):
+        if setter is not None:
+            return setter(mesh)
+    return mesh
+
+
 def mesh_context(mesh: Mesh, rules):
-    """Context in which `mesh` is the current mesh and `rules` the logical axis rules (what
-    tracing, init and compilation of a sharded function need)."""
+    """The mesh and the logical-axis rules under which the model is traced, initialised and
+    compiled: parameters are placed by `tree_shardings`, activations constrained by
+    `models.layers.constrain`."""
     import contextlib
 
     from flax import linen as nn
     stack = contextlib.ExitStack()
-    stack.enter_context(jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh)
+    stack.enter_context(_use_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(rules))
     return stack

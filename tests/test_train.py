@@ -137,15 +137,17 @@ def run_steps(c, n_steps: int, keep_initial: bool = False):
 
 def assert_same_weights(tree_a, tree_b):
     """Equal trained weights after Adam steps. Adam divides by sqrt(v): where a gradient is
-    ~0, float-level differences in it move that element's update by up to a few 1e-5 (the
-    update itself is ~lr = 2e-3), so: every element within 1e-4, and all but 1% within
-    1e-5 relative (observed: 0.5% of the LoRA weights with the 9-image-token tiny preset,
-    while the losses agree to 1e-5)."""
+    ~0, float-level differences in it move that element's update by a fraction of the update
+    itself (~lr = 2e-3), so: every element within 5e-4, and all but 1% within 1e-5 relative
+    (observed: 0.5% of the LoRA weights with the 9-image-token tiny preset, while the losses
+    agree to 1e-5; with the activation sharding constraints in effect on the 8-device mesh,
+    one element of 131072 (full) / 8192 (LoRA) 1.2-1.7e-4 apart while every gradient of a
+    forward agrees to 3e-7)."""
     n = bad = 0
     for a, b in zip(jax.tree.leaves(jax.device_get(tree_a)),
                     jax.tree.leaves(jax.device_get(tree_b)), strict=True):
         assert a.shape == b.shape
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(b, a, rtol=0, atol=5e-4)
         n += a.size
         bad += int((~np.isclose(b, a, rtol=1e-5, atol=1e-7)).sum())
     assert n and bad <= 1e-2 * n, (bad, n)

@@ -19,8 +19,21 @@ LogicalNames = Sequence[Optional[str]]
 
 
 def constrain(x: jax.Array, names: LogicalNames) -> jax.Array:
-    """Sharding constraint by logical names; a no-op outside a `nn.logical_axis_rules` scope."""
-    return nn.with_logical_constraint(x, tuple(names))
+    """Sharding constraint by activation logical names (`activation_*`, never a parameter's
+    name); a no-op outside a `nn.logical_axis_rules` scope. Inside one, a name the rules do
+    not mention is an error, as it is for parameters (`parallel.py`): Flax alone would
+    constrain that dimension to be replicated, silently."""
+    names = tuple(names)
+    rules = nn.get_logical_axis_rules()
+    if rules:
+        known = {logical for logical, _ in rules}
+        missing = [n for n in names if isinstance(n, str) and n not in known]
+        if missing:
+            raise ValueError(
+                f"activation of shape {tuple(x.shape)} with logical axes {names}: "
+                f"{missing} have no rule in the config's sharding rules; add "
+                f"('{missing[0]}', <mesh axes or None>) to mesh.rules")
+    return nn.with_logical_constraint(x, names)
 
 
 def _quick_gelu(x):

@@ -22,7 +22,10 @@ from mmalign_jax.models import attention
 from mmalign_jax.models.config import LlavaConfig, TextConfig
 from mmalign_jax.models.layers import Dense, RMSNorm, activation, constrain, swiglu
 
-_ACT = ("batch", "length", "embed")
+# Activation logical names (their own vocabulary, `parallel.ACTIVATION_RULES`), distinct
+# from the parameters' ('embed', 'heads', …), so the two can be sharded apart.
+_ACT = ("activation_batch", "activation_length", "activation_embed")
+_KV = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
 
 # Decoder layers per iteration of the scan's loop (`lax.scan`'s `unroll`); read when the
 # model is traced. 1 = one layer compiled once, however deep the model.
@@ -171,9 +174,10 @@ class LlamaAttention(nn.Module):
         k = k(x, deterministic).reshape(b, n, t.num_key_value_heads, t.head_dim)
         v = v(x, deterministic).reshape(b, n, t.num_key_value_heads, t.head_dim)
         q = constrain(apply_rope(q, cos[:, qs:], sin[:, qs:]),
-                      ("batch", "length", "heads", "head_dim"))
-        k = constrain(apply_rope(k, cos, sin), ("batch", "length", "kv_heads", "head_dim"))
-        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+                      ("activation_batch", "activation_length", "activation_heads",
+                       "activation_head_dim"))
+        k = constrain(apply_rope(k, cos, sin), _KV)
+        v = constrain(v, _KV)
 
         impl = attention.resolve_impl(self.cfg.attention_impl, self.cfg.dtype)
         if isinstance(mask, attention.SharedPrefixMask):   # training: prompt + responses
@@ -211,7 +215,7 @@ class LlamaMLP(nn.Module):
         gate = dense(t.intermediate_size, ("embed", "mlp"), name="gate_proj")(x, deterministic)
         up = dense(t.intermediate_size, ("embed", "mlp"), name="up_proj")(x, deterministic)
         h = swiglu(gate, up) if t.hidden_act == "silu" else activation(t.hidden_act)(gate) * up
-        h = constrain(h, ("batch", "length", "mlp"))
+        h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
         return dense(t.hidden_size, ("mlp", "embed"), name="down_proj")(h, deterministic)
 
 
@@ -396,4 +400,6 @@ class LlamaModel(nn.Module):
         else:
             out = self.lm_head(hidden)
         out = out.astype(jnp.float32)
-        return constrain(out, ("batch", "length", "vocab")) if out.ndim == 3 else out
+        if out.ndim != 3:
+            return out
+        return constrain(out, ("activation_batch", "activation_length", "activation_vocab"))

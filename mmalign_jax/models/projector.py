@@ -38,4 +38,4 @@ class Projector(nn.Module):
             h = activation(cfg.projector_hidden_act)(h)
             # 'mlp' on the input side so the [D, D] kernel never names 'embed' twice.
             h = dense(("mlp", "embed"), "linear_2")(h, deterministic)
-        return constrain(h, ("batch", "length", "embed"))
+        return constrain(h, ("activation_batch", "activation_length", "activation_embed"))

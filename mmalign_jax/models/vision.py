@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from mmalign_jax.models.config import LlavaConfig
 from mmalign_jax.models.layers import Dense, activation, constrain, layer_norm
 
-_ACT = ("batch", "length", "embed_vision")
+_ACT = ("activation_batch", "activation_length", "activation_embed_vision")
 
 
 def feature_depth(cfg: LlavaConfig) -> int:

@@ -162,10 +162,18 @@ def _init_boxed(cfg: LlavaConfig, rng: jax.Array):
     return Llava(cfg).init({"params": rng}, *_init_inputs(cfg))["params"]
 
 
+def _unbox(boxed):
+    """The boxes' values as they are. (`nn.unbox` would also constrain each to its logical
+    sharding whenever a mesh is set: wrong for shapes, and for arrays it is `out_shardings`'
+    job, by `parallel.tree_shardings`' rules.)"""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
+                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def init_params(cfg: LlavaConfig, rng: jax.Array):
     """Randomly initialised params (plain arrays). Jit it with `out_shardings` derived from
     `param_logical_specs(cfg)` to create them already sharded."""
-    return nn.unbox(_init_boxed(cfg, rng))
+    return _unbox(_init_boxed(cfg, rng))
 
 
 @functools.lru_cache(maxsize=16)
@@ -178,7 +186,7 @@ def _abstract_boxed(cfg: LlavaConfig):
 
 def abstract_params(cfg: LlavaConfig):
     """`jax.ShapeDtypeStruct` tree of the params: no memory, no compute."""
-    return nn.unbox(_abstract_boxed(cfg))   # unbox builds new containers: the cache's tree stays as is
+    return _unbox(_abstract_boxed(cfg))   # unbox builds new containers: the cache's tree stays as is
 
 
 def param_logical_specs(cfg: LlavaConfig):
