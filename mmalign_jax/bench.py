@@ -409,7 +409,7 @@ class TrainBench:
         c = train_config(method, w, lora_rank, dtype)
         c.model.remat_policy = remat
         c.model.attention_impl = attention
-        defaults.validate(c, jax.device_count(), random_init_ok=True)
+        defaults.validate(c, jax.device_count(), random_init_ok=True, needs_data=False)
         self.run = loop.build(c, total_steps=1000)
         local = w.dpo_batch() if method == "dpo" else w.sft_batch()
         self.batch = parallel.global_batch(local, self.run.mesh, self.run.shardings["rules"])

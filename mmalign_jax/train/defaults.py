@@ -102,10 +102,12 @@ class ConfigError(ValueError):
     pass
 
 
-def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) -> None:
+def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False,
+             needs_data: bool = True) -> None:
     """Fail before compiling anything, with a sentence that says what to change.
     `random_init_ok`: a preset of a published checkpoint may start from random weights (the
-    benchmark times the real shapes; training them from scratch is never what a user wants)."""
+    benchmark times the real shapes; training them from scratch is never what a user wants).
+    `needs_data=False`: the caller feeds its own batches (the benchmark), no dataset."""
     def need(cond, msg):
         if not cond:
             raise ConfigError(msg)
@@ -114,7 +116,7 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False) ->
     need(c.data.source == "tfds",
          f"data.source {c.data.source!r}: use 'tfds' (build one with "
          "`python -m mmalign_jax.data build`)")
-    need(bool(c.data.data_dir or c.get("prepare")),
+    need(not needs_data or bool(c.data.data_dir or c.get("prepare")),
          "data.source='tfds' needs --config.data.data_dir=DIR "
          "(made by `python -m mmalign_jax.data build`)")
     if c.get("prepare"):
