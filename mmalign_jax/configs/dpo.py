@@ -15,22 +15,8 @@ from mmalign_jax.train import defaults
 def get_config(preset: str = "demo"):
     c = defaults.base_config("dpo")
     if preset == "demo":
-        # Start from the demo SFT model (trained first in <workdir>/sft), as the paper starts
-        # DPO from LLaVA-1.5; then LoRA + projector with DPO on the scored candidates.
-        demo_recipe.use_sft(c)   # --config.demo_sft.* changes that SFT run
-        c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
-        c.optim.lr = 2e-3
-        c.optim.projector_lr = 2e-3
-        c.optim.warmup_ratio = 0.05
+        demo_recipe.apply_pairs(c)   # from the demo SFT model; --config.demo_sft.* changes it
         c.dpo.beta = 0.1
-        c.data.prompt_len = 64         # 9 image tokens + system prompt + question (≤ 56)
-        c.data.response_len = 64
-        c.train.global_batch_size = 16
-        c.train.num_epochs = 0
-        c.train.max_steps = 300
-        c.train.log_every = 10
-        c.train.eval_every = 50
-        c.train.checkpoint_every = 100
     elif preset in paper.PRESETS:
         paper.apply(c, preset)
         c.optim.lr = 5e-5

@@ -82,6 +82,26 @@ def use_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
     return c
 
 
+def apply_pairs(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """A pairwise method (DPO, SimPO) on the demo: from the demo SFT model (trained first in
+    `<workdir>/sft`, as the study starts from LLaVA-1.5), LoRA + projector on the scored
+    candidates' pairs; the method's own settings are the caller's."""
+    use_sft(c)   # --config.demo_sft.* changes that SFT run
+    c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
+    c.optim.lr = 2e-3
+    c.optim.projector_lr = 2e-3
+    c.optim.warmup_ratio = 0.05
+    c.data.prompt_len = 64         # 9 image tokens + system prompt + question (≤ 56)
+    c.data.response_len = 64
+    c.train.global_batch_size = 16
+    c.train.num_epochs = 0
+    c.train.max_steps = 300
+    c.train.log_every = 10
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 100
+    return c
+
+
 # ------------------------------------------------------------------------------ stages
 
 def write_data(out: str, n_train: int, n_eval: int, seed: int, progress: bool = True,

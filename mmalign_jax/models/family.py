@@ -29,11 +29,31 @@ never name a family's modules. What a family provides:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Tuple
+import json
+import os
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder (or a params tree being exported) does not match the model."""
+
+
+def read_hf_config(src: Union[str, os.PathLike, Mapping[str, Any]]) -> Tuple[dict, str]:
+    """`(config dict, where)` from a checkpoint folder, its config.json or a parsed dict;
+    `where` names the file in error messages."""
+    if isinstance(src, Mapping):
+        return dict(src), "<config dict>"
+    path = os.fspath(src)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: no such file; expected a Hugging Face checkpoint folder with a config.json")
+    with open(path) as f:
+        try:
+            return json.load(f), path
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,11 +12,10 @@ use; a family defined elsewhere joins with `register(family)`.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from typing import Any, Dict, List, Mapping, Union
 
-from mmalign_jax.models.family import ModelFamily
+from mmalign_jax.models.family import ModelFamily, read_hf_config
 
 BUILTIN = ("mmalign_jax.models.llava.family",)
 _FAMILIES: Dict[str, ModelFamily] = {}
@@ -84,22 +83,6 @@ def for_preset(preset: str) -> ModelFamily:
 def get_preset(preset: str):
     """The config of a named preset of any family."""
     return for_preset(preset).preset(preset)
-
-
-def read_hf_config(src: Union[str, os.PathLike, Mapping[str, Any]]) -> tuple[dict, str]:
-    """`(config dict, where)` from a checkpoint folder, a config.json path or a dict."""
-    if isinstance(src, Mapping):
-        return dict(src), "config"
-    path = os.fspath(src)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no config.json; pass a Hugging Face checkpoint folder")
-    try:
-        with open(path) as f:
-            return json.load(f), path
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def for_hf_config(src: Union[str, os.PathLike, Mapping[str, Any]]) -> ModelFamily:

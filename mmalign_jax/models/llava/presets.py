@@ -9,11 +9,11 @@ Presets describe the architecture only; numerics (`dtype`, `param_dtype`, `remat
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from mmalign_jax.models.config import LlavaConfig, TextConfig, VisionConfig
+from mmalign_jax.models.family import read_hf_config
 
 # --------------------------------------------------------------------------------------
 # Presets
@@ -123,22 +123,6 @@ _TEXT_MODEL_TYPES = ("llama",)
 _VISION_MODEL_TYPES = ("clip_vision_model",)
 
 
-def _read_config(src: Union[str, os.PathLike, Mapping[str, Any]]):
-    if isinstance(src, Mapping):
-        return dict(src), "<config dict>"
-    path = os.fspath(src)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: no such file; expected a llava-hf checkpoint folder with a config.json")
-    with open(path) as f:
-        try:
-            return json.load(f), path
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def _rope_from_hf(tc: Mapping[str, Any]):
     """(rope_theta, rope_scaling pairs or None) from `rope_theta`/`rope_scaling` (transformers
     4.x) or `rope_parameters` (transformers 5.x)."""
@@ -188,7 +172,7 @@ def from_hf_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> LlavaC
     and the field for anything this library cannot represent (another architecture, a
     non-LLaMA decoder, a non-CLIP vision tower, several vision feature layers).
     """
-    d, where = _read_config(config)
+    d, where = read_hf_config(config)
 
     def bad(field, value, expected):
         return ValueError(f"{where}: unsupported {field}={value!r}; mmalign_jax converts "
