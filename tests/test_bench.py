@@ -80,8 +80,8 @@ def test_llava_presets_may_start_random_in_the_bench_only():
     c = bench.train_config("dpo", bench.Workload("tiny", 2, 8, 8))
     c.model.preset = "llava-1.5-7b"
     with pytest.raises(defaults.ConfigError, match="hf_checkpoint"):
-        defaults.validate(c, 1)
-    defaults.validate(c, 1, random_init_ok=True)
+        defaults.validate(c, 1, needs_data=False)
+    defaults.validate(c, 1, random_init_ok=True, needs_data=False)
 
 
 def test_baselines_refused_when_they_cannot_run_our_workload(capsys):
@@ -127,7 +127,7 @@ def test_attention_kernel_is_a_training_setting():
     assert loop.model_config(c).attention_impl == "dot_product"
     c.model.attention_impl = "flash"
     with pytest.raises(defaults.ConfigError, match="attention_impl"):
-        defaults.validate(c, 1)
+        defaults.validate(c, 1, needs_data=False)   # the bench feeds its own batches
     del c.model["attention_impl"]   # a config.json written before the setting existed
     assert loop.model_config(c).attention_impl == "auto"
 

@@ -419,7 +419,9 @@ def test_load_model_from_a_training_workdir(model_dir, tmp_path):
         f.write(c.to_json_best_effort(indent=2))
 
     m = A.load_model(c.workdir)
-    assert m.name == "dpo-run" and m.cfg.lora is None and m.template == c.data.template
+    # the run's data.template is '' (the family's default): LLaVA-1.5's vicuna_v1
+    assert m.name == "dpo-run" and m.cfg.lora is None and c.data.template == ""
+    assert m.template == "vicuna_v1" and m.image_mode == "pad"
     want = lora_lib.merge(cfg, params, lora)
     for path in (("language_model", "layers", "self_attn", "q_proj", "kernel"),
                  ("language_model", "layers", "mlp", "down_proj", "kernel"),
