@@ -1,32 +1,24 @@
 """glibc malloc settings that keep a CPU train step's memory in the process (opt-in; the bench's default).
 
-XLA:CPU allocates a train step's temporaries as one block (1.48 GB for `bench-small`'s DPO
-step) and frees it when the step ends. glibc serves a block that big with `mmap` and gives it
-back with `munmap`, so every step faults in ~1.5 GB of fresh zeroed pages (≈ 360k minor
-faults), and after an idle pause (evaluation, a checkpoint, another process's turn) the same
-pages cost more again: on the 2-core AMD EPYC VM of docs/PERFORMANCE.md, a step after a 6 s
-pause took 3.2-3.9 s against 3.2-3.4 s back to back. With the three settings below: 2.9-3.0 s
-either way (minor faults over 9 steps 3.76M → 0.95M); taking turns with other processes, as
-the benchmark's interleaved rounds do, 4.215 → 3.141 s/step (`benchmarks/spawn_order.py`).
-In an earlier session (7), on the machine of that day, the same settings set through
-`GLIBC_TUNABLES` did not change the step.
+XLA:CPU allocates a train step's temporaries as one block and frees it when the step ends.
+glibc serves a block that big with `mmap` and gives it back with `munmap`, so every step
+faults in fresh zeroed pages, and after an idle pause (evaluation, a checkpoint, another
+process's turn) they cost more again; keeping the block in the process removes that cost (the
+measurements: docs/PERFORMANCE.md, "Host memory").
 
 The settings: every thread allocates from the main arena (`M_ARENA_MAX=1`: a per-thread arena
 can only `mmap` a block over 64 MB), no `mmap` for big blocks (`M_MMAP_MAX=0`) and no
 returning freed memory to the OS (`M_TRIM_THRESHOLD` at its maximum, 2 GiB): the block freed
-by one step is the block the next step gets (`bench-small`'s DPO step: 0 minor faults per
-step from the second step on, RSS steady at 2.7 GB over 25 steps). The cost: the process keeps
-its peak memory (that step's process: peak RSS 2.9 → 3.9 GB), and glibc 2.36 does not put an
+by one step is the block the next step gets (no page faults per step from the second step on).
+The cost: the process keeps its peak memory, and glibc 2.36 does not put an
 aligned block (XLA's, 64-byte aligned) into a free one of exactly its size unless a free
 neighbour makes it larger, so where blocks are freed out of order — a quick jitted call
 whose output is freed after the next call has allocated its own, under asynchronous
-dispatch — the heap grows by several blocks before it settles (a 128 MiB output per call:
-1.2 GB of heap after ~10 calls).
+dispatch — the heap grows by several blocks before it settles.
 
-Not on by default: with them the compile-heavy test file `tests/test_train.py` took 145 / 183 s
-against 117 / 131 s without (two alternating pairs of runs), and the demo's tiny model has no
-block big enough to gain. `python -m mmalign_jax.bench` turns them on in every process it
-times (`--malloc keep`, its default: the interleaved rounds would otherwise charge whichever
+Not on by default: compile-heavy work (the tests) got slower with them, and the demo's
+tiny model has no block big enough to gain (docs/PERFORMANCE.md).
+`python -m mmalign_jax.bench` turns them on in every process it times (`--malloc keep`, its default: the interleaved rounds would otherwise charge whichever
 process sat idle longest); elsewhere `MMALIGN_JAX_KEEP_STEP_MEMORY=1` turns them on when
 the process calls `mmalign_jax.configure_process()` (runtime.py; the package's command-line
 entry points call it first thing in their `__main__`; importing `mmalign_jax` alone changes

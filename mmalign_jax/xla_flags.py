@@ -1,13 +1,8 @@
 """XLA flags the library sets by default: GEMMs through cuBLAS on NVIDIA GPUs.
 
-Measured on an H200 (docs/PERFORMANCE.md, "GPU"): with XLA's own Triton GEMM kernels and the
-autotuner off, the LLaVA-1.5-7B LoRA DPO step took 13.4 s at 4 pairs; with cuBLAS (its own
-heuristics, no autotuning) 0.27-0.28 s at 2 pairs — 37 % MFU, 1.7x the same step in
-PyTorch — compiled in 10-14 s.
-XLA's default (autotuner on) compiles far longer (one fp32 GEMM case of the microbenchmark:
-8-16 s instead of 0.1 s; a 7B run had not got through setup (≈ 60 s), compile and one step in
-100 s) for kernels within 5 % of cuBLAS's on the 7B step's bf16 shapes, except the plain
-projection, where cuBLAS was 1.4x faster (in fp32 the autotuned SwiGLU MLP was 1.28x faster).
+Why: on Hopper GPUs, XLA's own Triton GEMM kernels with the autotuner off made the
+LLaVA-1.5-7B LoRA DPO step tens of times slower than cuBLAS, and the autotuner on compiled
+for minutes for kernels no faster than cuBLAS's (the measurements: docs/PERFORMANCE.md, "GPU").
 XLA reads these flags when JAX creates its GPU client, i.e. at the first computation:
 `mmalign_jax.configure_process()` (runtime.py) applies them and must be called before that —
 the package's command-line entry points call it first thing; importing `mmalign_jax` alone

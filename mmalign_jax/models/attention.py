@@ -19,7 +19,7 @@ path (token-by-token decoding through a KV cache always uses `jax.nn.dot_product
 * ``"auto"`` (default) — ``"dot_product"`` on GPU for bf16/fp16 compute, ``"chunked"``
   everywhere else (CPU — measured in docs/PERFORMANCE.md —, TPU, GPU in float32). On an
   H200 the two are equal within what was measured at the LLaVA-1.5-7B LoRA bf16 step
-  (0.279 vs 0.269 s; docs/PERFORMANCE.md, "GPU"); chunked stores less.
+  (docs/PERFORMANCE.md, "GPU"); chunked stores less.
 
 Query heads are grouped over the K key/value heads (GQA) without repeating K/V in memory.
 """

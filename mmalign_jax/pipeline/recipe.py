@@ -456,7 +456,7 @@ def validate(p) -> None:  # noqa: C901
         need(m in METHODS, f"methods: {m!r} is not one of {METHODS}")
     if p.task == "custom":
         need(bool(p.checkpoint), "task=custom needs --config.checkpoint (the SFT model: a "
-             "llava-hf folder or a training workdir)")
+             "Hugging Face folder or a training workdir)")
         need(bool(p.prompts) and os.path.isfile(p.prompts),
              f"task=custom needs --config.prompts=FILE (records ending in a user turn); "
              f"got {p.prompts!r}")
