@@ -156,9 +156,8 @@ def prepare(c: mlc.ConfigDict) -> mlc.ConfigDict:
     stages = Stages(c.workdir)
     out = os.path.join(c.workdir, "data")
     if jax.process_index() == 0:
-        data = stages.run("data", {"demo": d.to_dict(), "seed": c.seed},
-                          lambda: write_data(out, d.n_train, d.n_eval, d.seed,
-                                             progress=c.train.progress))
+        stages.run("data", {"demo": d.to_dict(), "seed": c.seed},
+                   lambda: write_data(out, d.n_train, d.n_eval, d.seed, progress=c.train.progress))
     _sync("demo data")
     data = {"data_dir": os.path.join(out, "tfds"), "tokenizer": os.path.join(out, "tokenizer")}
     records = os.path.join(out, SPLITS["sft_train"])
