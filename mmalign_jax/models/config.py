@@ -51,8 +51,12 @@ class TextConfig:
     rope_scaling: Optional[Tuple[Tuple[str, Any], ...]] = None
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False   # q/k/v/o biases (LLaMA's `attention_bias`)
+    qkv_bias: bool = False         # q/k/v biases only, o_proj without (Qwen2)
     mlp_bias: bool = False
+    # Multimodal RoPE (Qwen2-VL): rotary frequencies split into (temporal, height, width)
+    # sections, each rotated by its own stream of a `[3, B, T]` position array.
+    mrope_section: Optional[Tuple[int, ...]] = None
     hidden_act: str = "silu"
     pad_token_id: Optional[int] = None
     bos_token_id: int = 1

@@ -92,9 +92,24 @@ def _llama3_inv_freq(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
 
 
 def rope_cos_sin(text: TextConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables `[B, T, Dh]` for integer `positions [B, T]` (HF's duplicated halves)."""
+    """cos/sin tables `[B, T, Dh]` for integer `positions [B, T]` (HF's duplicated halves).
+
+    Multimodal RoPE (`text.mrope_section`) also takes `positions [3, B, T]` (temporal,
+    height, width streams): frequency section i is rotated by stream i, as HF's
+    Qwen2-VL `recomposition_frequencies`; `[B, T]` positions mean the same on all three
+    streams (text tokens), where M-RoPE equals plain RoPE.
+    """
     inv_freq = rope_inv_freq(text, seq_len=jnp.max(positions) + 1)
     freqs = positions[..., None].astype(jnp.float32) * inv_freq
+    if positions.ndim == 3:
+        if not text.mrope_section:
+            raise ValueError("positions [3, B, T] need a multimodal RoPE config (mrope_section)")
+        if sum(text.mrope_section) != inv_freq.shape[0]:
+            raise ValueError(f"mrope_section {text.mrope_section} must sum to head_dim / 2 = "
+                             f"{inv_freq.shape[0]}")
+        bounds = np.cumsum((0,) + tuple(text.mrope_section))
+        freqs = jnp.concatenate([freqs[i % 3, ..., bounds[i]:bounds[i + 1]]
+                                 for i in range(len(text.mrope_section))], axis=-1)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -125,6 +140,15 @@ def attention_mask_4d(
     query_slots = first_slot + jnp.arange(num_queries)
     causal = jnp.arange(attention_mask.shape[1])[None, :] <= query_slots[:, None]
     return attention_mask.astype(bool)[:, None, None, :] & causal[None, None]
+
+
+def init_kv_cache(cfg, batch: int, max_len: int, dtype=None) -> dict:
+    """Empty KV cache: `{'k', 'v': [L, B, max_len, K, Dh], 'index': int32 0}` (dtype: cfg.dtype)."""
+    t = cfg.text
+    shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "index": jnp.zeros((), jnp.int32)}
 
 
 # --------------------------------------------------------------------------- layers
@@ -165,7 +189,7 @@ class LlamaAttention(nn.Module):
         t = self.cfg.text
         qs = self.query_start
         b, n, _ = x.shape
-        dense = functools.partial(_dense, self.cfg, use_bias=t.attention_bias)
+        dense = functools.partial(_dense, self.cfg, use_bias=t.attention_bias or t.qkv_bias)
         q = dense(t.num_attention_heads * t.head_dim, ("embed", "heads"), name="q_proj")
         k = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), name="k_proj")
         v = dense(t.num_key_value_heads * t.head_dim, ("embed", "kv_heads"), name="v_proj")
@@ -199,7 +223,7 @@ class LlamaAttention(nn.Module):
             k, v = layer_cache["k"].astype(q.dtype), layer_cache["v"].astype(q.dtype)
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = out.reshape(b, n - qs, t.num_attention_heads * t.head_dim)
-        o_proj = dense(t.hidden_size, ("heads", "embed"), name="o_proj")
+        o_proj = _dense(self.cfg, t.hidden_size, ("heads", "embed"), t.attention_bias, "o_proj")
         return o_proj(out, deterministic), layer_cache
 
 
@@ -324,7 +348,7 @@ class LlamaModel(nn.Module):
         return self.norm(h), cache
 
     def decode_shared_prefix(self, prompt_embeds, prompt_mask, response_embeds, response_mask,
-                             deterministic=True):
+                             deterministic=True, prompt_positions=None, response_start=None):
         """Training-only: one prompt and N responses to it, in one pass over the layers.
 
         `prompt_embeds [B, P, D]` with `prompt_mask [B, P]` (left padded), `response_embeds
@@ -332,8 +356,10 @@ class LlamaModel(nn.Module):
         projections and MLP on the rows `[prompt | response 0 | … | response N-1]` together;
         prompt rows attend causally over the prompt slots, each response over
         `[this layer's prompt K/V ; its own K/V]` (`attention.SharedPrefixMask`). No KV cache
-        is written or read. Response token j sits at position `sum(prompt_mask) + j`, as if
-        it followed its prompt without padding. The last layer computes queries, MLP and
+        is written or read. Response token j sits at position `response_start + j` (default
+        `sum(prompt_mask)`: as if it followed its prompt without padding); `prompt_positions`
+        (default: counting real tokens; `[3, B, P]` under multimodal RoPE) place the
+        prompt. The last layer computes queries, MLP and
         outputs only for the last prompt row and the responses (nothing reads the other
         prompt rows' final states). Returns final-normed `(hidden_last_prompt [B, D],
         hidden_responses [B, N, R, D])`: the states that predict each response's tokens.
@@ -344,9 +370,14 @@ class LlamaModel(nn.Module):
             raise ValueError(
                 f"masks must be prompt [B, P] = {(b, p)} and responses [B, N, R] = {(b, n, r)}; "
                 f"got {prompt_mask.shape} and {response_mask.shape}")
-        prompt_len = jnp.sum(prompt_mask.astype(jnp.int32), axis=1, keepdims=True)
-        resp_positions = jnp.tile(prompt_len + jnp.arange(r)[None, :], (1, n))   # [B, N*R]
-        positions = jnp.concatenate([default_positions(prompt_mask), resp_positions], axis=1)
+        if response_start is None:
+            response_start = jnp.sum(prompt_mask.astype(jnp.int32), axis=1)
+        if prompt_positions is None:
+            prompt_positions = default_positions(prompt_mask)
+        resp_positions = jnp.tile(response_start[:, None] + jnp.arange(r)[None, :], (1, n))
+        if prompt_positions.ndim == 3:                     # multimodal RoPE: text on 3 streams
+            resp_positions = jnp.broadcast_to(resp_positions, (3, b, n * r))
+        positions = jnp.concatenate([prompt_positions, resp_positions], axis=-1)
         cos, sin = rope_cos_sin(self.cfg.text, positions, jnp.dtype(self.cfg.dtype))
         masks = attention.SharedPrefixMask(prompt_mask.astype(bool), response_mask.astype(bool))
         dtype = jnp.dtype(self.cfg.dtype)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mmalign_jax.models.config import LlavaConfig
-from mmalign_jax.models.llama import LlamaModel
+from mmalign_jax.models.llama import LlamaModel, default_positions, init_kv_cache
 from mmalign_jax.models.projector import Projector
 from mmalign_jax.models.vision import VisionTower
 
@@ -122,29 +122,31 @@ class Llava(nn.Module):
             input_ids, embeds, image_features, image_mask, self.cfg.image_token_id
         )
 
+    def positions(self, input_ids, attention_mask, pixel_values=None, image_mask=None):
+        """`(positions [B, T], next_position [B])`: real tokens counted from 0 (left padding
+        skipped); the next token continues at the number of real tokens."""
+        del input_ids, pixel_values, image_mask
+        return (default_positions(attention_mask),
+                jnp.sum(attention_mask.astype(jnp.int32), axis=1))
+
     def decode(self, embeds, attention_mask, positions=None, cache=None, deterministic=True):
         """`(final-normed hidden [B, t, D], cache)`; see `LlamaModel.decode`."""
         return self.language_model.decode(embeds, attention_mask, positions, cache, deterministic)
 
     def decode_shared_prefix(self, prompt_embeds, prompt_mask, response_embeds, response_mask,
-                             deterministic=True):
+                             deterministic=True, prompt_positions=None, response_start=None):
         """Training only: `(hidden_last_prompt [B, D], hidden_responses [B, N, R, D])` of one
         prompt and N responses in one pass, no KV cache; see `LlamaModel.decode_shared_prefix`."""
         return self.language_model.decode_shared_prefix(
-            prompt_embeds, prompt_mask, response_embeds, response_mask, deterministic)
+            prompt_embeds, prompt_mask, response_embeds, response_mask, deterministic,
+            prompt_positions, response_start)
 
     def lm_logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits `[.., V]` from `decode`'s hidden states."""
         return self.language_model.logits(hidden)
 
 
-def init_cache(cfg: LlavaConfig, batch: int, max_len: int, dtype=None) -> dict:
-    """Empty KV cache: `{'k', 'v': [L, B, max_len, K, Dh], 'index': int32 0}` (dtype: cfg.dtype)."""
-    t = cfg.text
-    shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
-    dtype = jnp.dtype(dtype or cfg.dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "index": jnp.zeros((), jnp.int32)}
+init_cache = init_kv_cache
 
 
 def _init_inputs(cfg: LlavaConfig):
