@@ -55,7 +55,8 @@ import ml_collections as mlc
 import numpy as np
 
 from mmalign_jax import parallel
-from mmalign_jax.generate.sampling import Generator, SamplingConfig, bucket_length, generate_tokens
+from mmalign_jax.generate.sampling import (Generator, SamplingConfig, bucket_length,
+                                           generate_tokens, image_slots)
 
 log = logging.getLogger("mmalign_jax.generate")
 
@@ -245,7 +246,10 @@ def build_prompts(records, gen: Generator, image_root: str, targets: Optional[di
         try:
             conv = prompt_conversation(rec.conversation)
             asked = condition(conv, targets, fmt)
-            ids, n_img = gen.tokenize(asked)
+            sizes = ()
+            if gen.family.native_resolution:   # token counts from the image headers
+                sizes = [image_size(os.path.join(image_root, p)) for p in rec.images]
+            ids, n_img = gen.tokenize(asked, sizes)
         except ValueError as e:   # no user turn, TokenizationMismatch, malformed turns
             skipped.append({"id": rec.id, "reason": f"{type(e).__name__}: {e}"})
             continue
@@ -261,6 +265,17 @@ def build_prompts(records, gen: Generator, image_root: str, targets: Optional[di
                      meta=dict(rec.meta))
         prompts.append(Prompt(out, asked, ids, [os.path.join(image_root, p) for p in rec.images]))
     return prompts, skipped
+
+
+def image_size(path: str) -> tuple:
+    """`(width, height)` from the image file's header (nothing decoded); a missing or
+    unreadable file is a ValueError naming it (the record is reported and skipped)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, Image.UnidentifiedImageError) as e:
+        raise ValueError(f"image {path}: {e}") from None
 
 
 def record_keys(seed: int, record_ids: Sequence[str]) -> np.ndarray:
@@ -307,7 +322,7 @@ def make_batch(prompts: Sequence[Prompt], members: Sequence[int], batch_size: in
     model family's preprocessing (`cfg` is the model config)."""
     from mmalign_jax.data import images as images_lib
     from mmalign_jax.models import registry
-    family, image_size = registry.for_config(cfg), cfg.image_size
+    family = registry.for_config(cfg)
     rows = list(members) + [members[0]] * (batch_size - len(members))
     p = bucket_length(max(len(prompts[i].ids) for i in members), min_bucket)
     ids = np.zeros((batch_size, p), np.int32)
@@ -319,18 +334,16 @@ def make_batch(prompts: Sequence[Prompt], members: Sequence[int], batch_size: in
     out = {"prompt_ids": ids, "prompt_mask": mask}
     n_img = max(len(prompts[i].image_paths) for i in members)
     if n_img:
-        slots = bucket_length(n_img, 1)
-        pixels = np.zeros((batch_size, slots, image_size, image_size, 3), np.float32)
-        image_mask = np.zeros((batch_size, slots), bool)
         cache = {}
-        for r, i in enumerate(rows):
-            for j, path in enumerate(prompts[i].image_paths):
-                if path not in cache:
-                    cache[path] = family.preprocess_image(cfg, images_lib.load_image(path),
-                                                          image_mode)
-                pixels[r, j] = cache[path]
-                image_mask[r, j] = True
-        out["pixel_values"], out["image_mask"] = pixels, image_mask
+
+        def preprocess(path):
+            if path not in cache:
+                cache[path] = family.preprocess_image(cfg, images_lib.load_image(path), image_mode)
+            return cache[path]
+
+        arrays, out["image_mask"] = image_slots(
+            family, cfg, [prompts[i].image_paths for i in rows], preprocess)
+        out.update(arrays)
     return out
 
 
@@ -464,7 +477,7 @@ def _run(c, targets, main: bool, mesh, rules, out: str) -> dict:
             batch = {key: _global(v, mesh, rules) for key, v in local.items()}
             with parallel.mesh_context(mesh, rules):
                 res = generate_tokens(m.model, m.variables, batch["prompt_ids"], batch["prompt_mask"],
-                                      batch.get("pixel_values"), batch.get("image_mask"),
+                                      gen.family.model_images(batch), batch.get("image_mask"),
                                       sampling, batch["rng"])
             tokens, lengths, logps = (_fetch(x) for x in res)
             if not main:

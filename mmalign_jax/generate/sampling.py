@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmalign_jax.models import registry
+from mmalign_jax.models.family import place_image
 
 __all__ = [
     "SamplingConfig",
@@ -277,7 +278,10 @@ def _generate(model, sampling: SamplingConfig, dynamic, variables, prompt_ids, p
     embeds = _apply(model, variables, prompt_ids, features, image_mask, method=cls.embed)
     prompt_mask = prompt_mask.astype(jnp.int32)
     slot_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, max_new), jnp.int32)], axis=1)
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    # The family's positions (M-RoPE: 3 streams over the images' grids) and where the
+    # generated tokens continue (the number of real tokens, or past the images' extents).
+    positions, next_position = _apply(model, variables, prompt_ids, prompt_mask, pixel_values,
+                                      image_mask, method=cls.positions)
     cache = registry.for_config(model.cfg).init_cache(model.cfg, b, slots)
     hidden, cache = _apply(model, variables, embeds, slot_mask, positions, cache,
                            method=cls.decode)
@@ -292,7 +296,7 @@ def _generate(model, sampling: SamplingConfig, dynamic, variables, prompt_ids, p
              "v": jnp.repeat(cache["v"], n, axis=1) if n > 1 else cache["v"],
              "index": cache["index"]}
     logits, slot_mask = rep(logits), rep(slot_mask)
-    prompt_len = rep(jnp.sum(prompt_mask, axis=1))
+    prompt_len = rep(next_position)
 
     eos, pad = dynamic["eos"], dynamic["pad"]
     keys_at = _sample_keys(rng, b, n)
@@ -359,9 +363,10 @@ def generate_tokens(
     model:        the family's module, e.g. `Llava(cfg)` (hashable; part of the compilation key).
     variables:    `{'params': ...}` (+ `'lora': ...` to generate with adapters).
     prompt_ids:   int32 `[B, P]`, LEFT padded (the last column is every row's last token);
-                  images already expanded to `cfg.num_image_tokens` image tokens.
+                  each image already expanded to its image tokens.
     prompt_mask:  `[B, P]`, 1 on real tokens. Every row needs at least one real token.
-    pixel_values: float32 `[B, I, H, W, 3]` or None (text-only).
+    pixel_values: the family's image input (LLaVA float32 `[B, I, H, W, 3]`, Qwen2.5-VL
+                  a dict of patches and grids) or None (text-only).
     image_mask:   bool `[B, I]` or None (all images real).
     sampling:     `SamplingConfig`. Compiled once per (max_new_tokens, n, greedy or not,
                   top_k, top-p on/off, number of EOS ids); temperature, top_p, EOS and pad
@@ -388,15 +393,17 @@ def generate_tokens(
         raise ValueError("prompts must be LEFT padded: prompt_mask[:, -1] must be 1 for "
                          "every row (the last column holds each prompt's last token)")
     if pixel_values is not None:
-        pixel_values = jnp.asarray(pixel_values)
-        if pixel_values.ndim != 5 or pixel_values.shape[0] != prompt_ids.shape[0]:
-            raise ValueError(f"pixel_values must be [batch, images, H, W, 3] with batch "
-                             f"{prompt_ids.shape[0]}; got {pixel_values.shape}")
+        pixel_values = jax.tree.map(jnp.asarray, pixel_values)
+        lead = {tuple(x.shape[:2]) for x in jax.tree.leaves(pixel_values)}
+        if len(lead) != 1 or next(iter(lead))[0] != prompt_ids.shape[0]:
+            raise ValueError(f"pixel_values must be [batch, images, ...] with batch "
+                             f"{prompt_ids.shape[0]}; got shapes "
+                             f"{jax.tree.map(lambda x: x.shape, pixel_values)}")
         if image_mask is not None:
             image_mask = jnp.asarray(image_mask, bool)
-            if image_mask.shape != pixel_values.shape[:2]:
+            if image_mask.shape != next(iter(lead)):
                 raise ValueError(f"image_mask must be [batch, images] = "
-                                 f"{pixel_values.shape[:2]}; got {image_mask.shape}")
+                                 f"{next(iter(lead))}; got {image_mask.shape}")
     else:
         image_mask = None
     if rng is None:
@@ -407,6 +414,24 @@ def generate_tokens(
 
 
 # --------------------------------------------------------------------------- host side
+
+
+def image_slots(family, cfg, rows, preprocess):
+    """The family's image arrays by batch key (`family.model_images` makes the model's
+    input of them) and `image_mask [B, I]` for `rows` (a list of image lists)
+    — slots a power of two in number, and for variable-size images (Qwen2.5-VL) a
+    power-of-two patch budget at least the largest image's: few distinct shapes, so few
+    compilations. `preprocess(image)` gives one image's arrays."""
+    arrays = [[preprocess(im) for im in row] for row in rows]
+    slots = bucket_length(max(len(r) for r in arrays), 1)
+    need = max((family.image_budget(a) for r in arrays for a in r), default=0)
+    out = family.empty_images(cfg, len(rows), slots, bucket_length(need, 1) if need else 0)
+    image_mask = np.zeros((len(rows), slots), bool)
+    for r, row in enumerate(arrays):
+        for j, a in enumerate(row):
+            place_image(out, r, j, a)
+            image_mask[r, j] = True
+    return out, image_mask
 
 
 def bucket_length(n: int, minimum: int = 16) -> int:
@@ -464,7 +489,7 @@ class Generator:
     """
 
     def __init__(self, model, variables, tokenizer, template: Optional[str] = None, *,
-                 image_size: Optional[int] = None, image_mode: str = "pad",
+                 image_size: Optional[int] = None, image_mode: Optional[str] = None,
                  batch_size: int = 8, min_prompt_bucket: int = 16):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -474,11 +499,11 @@ class Generator:
         self.cfg = model.cfg
         self.family = registry.for_config(self.cfg)
         self.template = template or self.family.default_template
-        self.image_size = int(self.cfg.image_size)
+        self.image_size = getattr(self.cfg, "image_size", None)   # None: native resolution
         if image_size is not None and int(image_size) != self.image_size:
             raise ValueError(f"image_size={image_size}: this model's image processor makes "
                              f"{self.image_size}-px images; leave image_size unset")
-        self.image_mode = image_mode
+        self.image_mode = image_mode or self.family.default_image_mode
         self.batch_size = int(batch_size)
         self.min_prompt_bucket = int(min_prompt_bucket)
 
@@ -487,12 +512,17 @@ class Generator:
         from mmalign_jax.data import chat
         return chat.stop_strings(self.template, self.tokenizer)
 
-    def tokenize(self, conversation) -> tuple:
-        """`(prompt ids int32[T], number of images)` for one conversation."""
+    def tokenize(self, conversation, images=()) -> tuple:
+        """`(prompt ids int32[T], number of images)` for one conversation; each image takes
+        the family's number of tokens for its size (`images`: its PIL images or their
+        `(width, height)`, in order; needed only by native-resolution families)."""
         from mmalign_jax.data import chat
+        counts = self.cfg.num_image_tokens
+        if self.family.native_resolution:
+            counts = [self.family.image_tokens(self.cfg, getattr(im, "size", im)) for im in images]
         tok = chat.tokenize(conversation, self.tokenizer, template=self.template,
                             image_token_id=self.cfg.image_token_id,
-                            num_image_tokens=self.cfg.num_image_tokens,
+                            num_image_tokens=counts,
                             add_generation_prompt=True)
         return np.asarray(tok.input_ids, np.int32), int(tok.num_images)
 
@@ -527,7 +557,7 @@ class Generator:
 
         prompts = []
         for i, conv in enumerate(conversations):
-            ids, n_img = self.tokenize(conv)
+            ids, n_img = self.tokenize(conv, images[i])
             if n_img != len(images[i]):
                 raise ValueError(f"conversation {i} has {n_img} <image> markers but "
                                  f"{len(images[i])} images")
@@ -538,7 +568,6 @@ class Generator:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list = [None] * len(prompts)
         root = jax.random.key(seed)
-        size = self.image_size
         for k, start in enumerate(range(0, len(order), self.batch_size)):
             chunk = order[start:start + self.batch_size]
             rows = min(self.batch_size, bucket_length(len(chunk), 1))
@@ -553,14 +582,10 @@ class Generator:
             n_img = max(len(images[i]) for i in chunk)
             pixel_values = image_mask = None
             if n_img:
-                slots = bucket_length(n_img, 1)
-                pixel_values = np.zeros((rows, slots, size, size, 3), np.float32)
-                image_mask = np.zeros((rows, slots), bool)
-                for r, i in enumerate(members):
-                    for j, im in enumerate(images[i]):
-                        pixel_values[r, j] = self.family.preprocess_image(
-                            self.cfg, im, self.image_mode)
-                        image_mask[r, j] = True
+                arrays, image_mask = image_slots(
+                    self.family, self.cfg, [images[i] for i in members],
+                    lambda im: self.family.preprocess_image(self.cfg, im, self.image_mode))
+                pixel_values = self.family.model_images(arrays)
             out = generate_tokens(self.model, self.variables, ids, mask, pixel_values,
                                   image_mask, sampling, jax.random.fold_in(root, k))
             tokens, lengths, logps = (np.asarray(x) for x in out)

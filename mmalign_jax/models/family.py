@@ -20,7 +20,14 @@ never name a family's modules. What a family provides:
   `param_logical_specs(cfg)`, and `init_cache(cfg, batch, max_len, dtype)` for decoding.
 - **Hugging Face weights** both ways: `load_hf(path, dtype, sharding) -> (cfg, params)` and
   `save_hf(cfg, params, out_dir, lora=None, tokenizer_dir=None)`.
-- **images**: `preprocess_image(cfg, image, mode) -> float32[H, W, 3]` (static shape).
+- **images** in static-shaped slots: `preprocess_image(cfg, image, mode)` gives one image's
+  arrays by batch key (`image_keys`; LLaVA `{"pixel_values": float32[S, S, 3]}`, Qwen2.5-VL
+  patches of the image's own size and its `image_grid_thw`), `image_tokens(cfg, (w, h))`
+  how many tokens it occupies (read from the size alone, before decoding), `empty_images(cfg,
+  batch, slots, budget)` the zero slot arrays an image's arrays are copied into (its leading
+  extent may be shorter: the rest stays zero), `image_budget(arrays)` what one image needs
+  of the slot's variable extent (0 for fixed-size images) and `model_images(batch)` the
+  model's image argument from a batch (None when the batch has no images).
 - **defaults**: chat template and image mode of its checkpoints, LoRA targets (a regex over
   '/'-joined module paths), and the parameter groups training addresses by role
   (`vision`, `projector`, `lm`: regexes over 'params/...' paths) plus the key of the vision
@@ -75,11 +82,16 @@ class ModelFamily:
     load_hf: Callable[..., tuple]
     save_hf: Callable[..., Any]
     preprocess_image: Callable[..., Any]
+    image_tokens: Callable[..., int]
+    empty_images: Callable[..., Any]
     default_template: str
     default_image_mode: str
     lora_target_regex: str
     param_groups: Mapping[str, str]      # role ('vision' | 'projector' | 'lm') -> regex
     vision_key: str                      # params[vision_key] is the vision tower
+    image_keys: Tuple[str, ...] = ("pixel_values",)
+    native_resolution: bool = False      # True: an image's token count depends on its size
+    image_budget: Callable[[Mapping[str, Any]], int] = lambda arrays: 0
     description: str = ""
     checkpoints: Tuple[str, ...] = ()    # Hugging Face hub names known to load
     pretrained_presets: Tuple[str, ...] = ()   # shapes of published checkpoints: load them,
@@ -94,3 +106,23 @@ class ModelFamily:
 
     def group_regex(self, role: str) -> Optional[str]:
         return self.param_groups.get(role)
+
+    def model_images(self, batch: Mapping[str, Any]):
+        """The model's image argument from a batch: one array when the family has one image
+        key, a dict by key otherwise; None without images."""
+        if batch.get(self.image_keys[0]) is None:
+            return None
+        if len(self.image_keys) == 1:
+            return batch[self.image_keys[0]]
+        return {k: batch[k] for k in self.image_keys}
+
+
+def place_image(slots: Mapping[str, Any], row: int, slot: int, arrays: Mapping[str, Any]) -> None:
+    """Copy one image's arrays (`preprocess_image`) into slot `slot` of batch row `row` of
+    `empty_images`' arrays; a shorter leading extent leaves the rest zero."""
+    for key, arr in arrays.items():
+        dst = slots[key][row, slot]
+        if any(a > d for a, d in zip(arr.shape, dst.shape)):
+            raise ValueError(f"{key}: an image of shape {tuple(arr.shape)} does not fit its "
+                             f"slot {tuple(dst.shape)}; raise the slot's budget")
+        dst[tuple(slice(0, n) for n in arr.shape)] = arr

@@ -24,7 +24,7 @@ from mmalign_jax.train import state as state_lib
 def sft_token_logps(model, variables, batch, rng=None, deterministic=True):
     """log p of every target token: logits[t] predicts input_ids[t + 1]."""
     rngs = {} if rng is None else {"dropout": rng}
-    logits = model.apply(variables, batch["input_ids"], batch.get("pixel_values"),
+    logits = model.apply(variables, batch["input_ids"], _images(model, batch),
                          batch["attention_mask"], image_mask=batch.get("image_mask"),
                          deterministic=deterministic, rngs=rngs)
     labels = batch["input_ids"][:, 1:]
@@ -32,15 +32,28 @@ def sft_token_logps(model, variables, batch, rng=None, deterministic=True):
     return objectives.token_logps(logits[:, :-1], labels), mask
 
 
+def _images(model, batch):
+    """The model's image input from the batch's image keys (None without images)."""
+    return registry.for_config(model.cfg).model_images(batch)
+
+
 def _prompt_embeds(model, variables, batch, vision_features, kw):
     """Prompt embeddings with the images' projected features in the `<image>` slots."""
     feats = None
+    images = _images(model, batch)
     if vision_features is not None:
         feats = model.apply(variables, vision_features, method="project_images", **kw)
-    elif batch.get("pixel_values") is not None:
-        feats = model.apply(variables, batch["pixel_values"], method="encode_images", **kw)
+    elif images is not None:
+        feats = model.apply(variables, images, method="encode_images", **kw)
     return model.apply(variables, batch["prompt_ids"], feats, batch.get("image_mask"),
                        method="embed", **kw)
+
+
+def _prompt_positions(model, variables, batch):
+    """The family's prompt positions (M-RoPE: over the images' grids) and where responses
+    continue."""
+    return model.apply(variables, batch["prompt_ids"], batch["prompt_mask"],
+                       _images(model, batch), batch.get("image_mask"), method="positions")
 
 
 def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
@@ -61,9 +74,11 @@ def dpo_response_logps(model, variables, batch, rng=None, deterministic=True,
     resp_mask = jnp.stack([batch["chosen_mask"], batch["rejected_mask"]], axis=1)
     resp_embeds = model.apply(variables, resp_ids.reshape(b, 2 * r), None, None,
                               method="embed", **kw)
+    positions, response_start = _prompt_positions(model, variables, batch)
     hidden_last, hidden_r = model.apply(
         variables, embeds, prompt_mask, resp_embeds.reshape(b, 2, r, -1), resp_mask,
-        deterministic=deterministic, method="decode_shared_prefix", **kw)
+        deterministic=deterministic, prompt_positions=positions, response_start=response_start,
+        method="decode_shared_prefix", **kw)
     # Response token j is predicted by the hidden state one slot earlier: the last prompt
     # slot for j = 0 (prompts are left padded, so it is always slot p - 1).
     d = hidden_last.shape[-1]
@@ -89,7 +104,7 @@ def dpo_response_logps_cached(model, variables, batch, rng=None, deterministic=T
     embeds = _prompt_embeds(model, variables, batch, vision_features, kw)
     cache = registry.for_config(cfg).init_cache(cfg, b, p + r, embeds.dtype)
     slot_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, r), prompt_mask.dtype)], axis=1)
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    positions, response_start = _prompt_positions(model, variables, batch)
     hidden_p, cache = model.apply(variables, embeds, slot_mask, positions, cache,
                                   deterministic=deterministic, method="decode", **kw)
 
@@ -101,8 +116,7 @@ def dpo_response_logps_cached(model, variables, batch, rng=None, deterministic=T
     cache = {**cache, "k": jnp.concatenate([cache["k"]] * 2, axis=1),  # [L, 2B, S, K, Dh]
              "v": jnp.concatenate([cache["v"]] * 2, axis=1)}
     resp_embeds = model.apply(variables, resp_ids, None, None, method="embed", **kw)
-    prompt_len = prompt_mask.sum(axis=1, keepdims=True)
-    resp_positions = twice(prompt_len) + jnp.arange(r)[None, :]
+    resp_positions = twice(response_start[:, None]) + jnp.arange(r)[None, :]
     hidden_r, _ = model.apply(variables, resp_embeds,
                               jnp.concatenate([twice(prompt_mask), resp_mask], axis=1),
                               resp_positions, cache, deterministic=deterministic,
@@ -181,10 +195,11 @@ def dpo_loss_fn(model, c):
 
     def loss(variables, ref_variables, batch, rng, deterministic=False):
         vision = None
-        if (ref_variables is not None and batch.get("pixel_values") is not None
+        images = _images(model, batch)
+        if (ref_variables is not None and images is not None
                 and _same_vision_tower(variables, ref_variables, vision_key)):
             vision = jax.lax.stop_gradient(model.apply(
-                variables, batch["pixel_values"], method="vision_features"))
+                variables, images, method="vision_features"))
         pc, pr, nc, nr = dpo_response_logps(model, variables, batch, rng, deterministic,
                                             vision_features=vision)
         if ref_variables is None:

@@ -1,16 +1,28 @@
 """LLaVA-1.5 as a `ModelFamily`: what the registry hands the rest of the library."""
 from __future__ import annotations
 
+import numpy as np
+
 from mmalign_jax.models.config import LlavaConfig
 from mmalign_jax.models.family import ModelFamily
 from mmalign_jax.models.llava import hf, model, presets
 
 
-def preprocess_image(cfg: LlavaConfig, image, mode: str = "pad"):
-    """CLIPImageProcessor's pipeline (LLaVA's 'pad' to square, 'crop' or 'resize') to
-    `float32[image_size, image_size, 3]`."""
+def preprocess_image(cfg: LlavaConfig, image, mode: str = "pad") -> dict:
+    """CLIPImageProcessor's pipeline (LLaVA's 'pad' to square, 'crop' or 'resize'):
+    `{"pixel_values": float32[image_size, image_size, 3]}`."""
     from mmalign_jax.data.images import preprocess
-    return preprocess(image, cfg.image_size, mode)
+    return {"pixel_values": preprocess(image, cfg.image_size, mode)}
+
+
+def image_tokens(cfg: LlavaConfig, size=None) -> int:
+    """Every image takes `cfg.num_image_tokens` (576 at 336 px), whatever its size."""
+    return cfg.num_image_tokens
+
+
+def empty_images(cfg: LlavaConfig, batch: int, slots: int, budget: int = 0) -> dict:
+    return {"pixel_values": np.zeros((batch, slots, cfg.image_size, cfg.image_size, 3),
+                                     np.float32)}
 
 
 FAMILY = ModelFamily(
@@ -29,6 +41,8 @@ FAMILY = ModelFamily(
     load_hf=hf.load_hf_llava,
     save_hf=hf.save_hf_llava,
     preprocess_image=preprocess_image,
+    image_tokens=image_tokens,
+    empty_images=empty_images,
     default_template="vicuna_v1",
     default_image_mode="pad",
     lora_target_regex=r"language_model/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)",
