@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Union
 
 from mmalign_jax.models.family import ModelFamily, read_hf_config
 
-BUILTIN = ("mmalign_jax.models.llava.family",)
+BUILTIN = ("mmalign_jax.models.llava.family", "mmalign_jax.models.qwen2_5_vl.family")
 _FAMILIES: Dict[str, ModelFamily] = {}
 _loaded = False
 

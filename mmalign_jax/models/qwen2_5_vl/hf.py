@@ -17,6 +17,7 @@ import re
 from typing import List, Optional, Union
 
 from mmalign_jax.models import hf_io
+from mmalign_jax.models.family import CheckpointError
 from mmalign_jax.models.hf_io import Entry, HFMapping
 from mmalign_jax.models.qwen2_5_vl import presets
 from mmalign_jax.models.qwen2_5_vl.config import Qwen25VLConfig
@@ -143,7 +144,7 @@ def load_hf(path: Union[str, os.PathLike], dtype: str = "float32", sharding=None
             with open(pre) as f:
                 cfg = cfg.replace(image=presets.image_config_from_hf(json.load(f)))
         except (json.JSONDecodeError, ValueError, TypeError) as e:
-            raise hf_io.CheckpointError(f"{pre}: not a valid image processor config ({e})") from None
+            raise CheckpointError(f"{pre}: not a valid image processor config ({e})") from None
     return cfg, params
 
 
