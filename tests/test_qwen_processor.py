@@ -130,7 +130,8 @@ def test_config_from_hf():
     both = dict(newer, min_pixels=50 * 28 * 28)   # top-level keys win, as in HF's __init__
     for d in (qwen25, newer, both):
         pcfg = P.ProcessorConfig.from_hf(d)
-        hf = Qwen2VLImageProcessorPil(**{k: v for k, v in d.items() if k not in ("image_processor_type", "processor_class")})
+        hf = Qwen2VLImageProcessorPil(
+            **{k: v for k, v in d.items() if k not in ("image_processor_type", "processor_class")})
         assert (pcfg.min_pixels, pcfg.max_pixels) == (hf.size.shortest_edge, hf.size.longest_edge)
         assert (pcfg.patch_size, pcfg.temporal_patch_size, pcfg.merge_size) == (
             hf.patch_size, hf.temporal_patch_size, hf.merge_size)
