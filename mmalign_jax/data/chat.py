@@ -28,6 +28,26 @@ Character for character LLaVA's ``llava/conversation.py`` + ``llava/train/train.
   ``<image>{caption}\\n``.
 - ``hf``: the tokenizer's own ``chat_template`` (``apply_chat_template``).
 
+And for Qwen2-VL / Qwen2.5-VL:
+
+- ``qwen2_vl`` (alias ``qwen2_5_vl``): ChatML as the models' own jinja ``chat_template``
+  renders it (``chat_template.json`` of Qwen/Qwen2.5-VL-*-Instruct on the Hugging Face Hub,
+  the same template as Qwen2-VL's ``tokenizer_config.json``; quoted verbatim, and the
+  rendering checked against it, in ``tests/test_chat_qwen.py``)::
+
+      <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n{u1}<|im_end|>\\n
+      <|im_start|>assistant\\n{a1}<|im_end|>\\n<|im_start|>user\\n{u2}<|im_end|>\\n...
+
+  (one string; broken here for width). The default system message appears when the
+  conversation has none; the generation prompt is ``<|im_start|>assistant\\n``; there is no
+  BOS; the stop string is ``<|im_end|>``. Each ``<image>`` renders as
+  ``<|vision_start|><image><|vision_end|>``: where the jinja writes ``<|image_pad|>`` for an
+  image item we keep the marker, which ``tokenize`` expands like any other -- pass
+  ``image_token_id`` = the id of ``<|image_pad|>`` and one ``num_image_tokens`` per image
+  (``t*h*w // merge_size**2`` of its grid), which is what ``Qwen2_5_VLProcessor`` does to
+  the text. Not registered as ``chatml``: plain ChatML has neither the default system
+  message nor vision tokens.
+
 A system message in the conversation replaces the template's system text.
 
 ``<image>`` placement (``vicuna_v1``/``llava_v1``): as LLaVA's ``preprocess_multimodal``
@@ -36,13 +56,27 @@ with ``mm_use_im_start_end=False``, a user message holding exactly one ``<image>
 several markers keeps them where they are (LLaVA would collapse them into one, silently
 losing images). ``<image>`` in a system or assistant message is an error.
 
+``<image>`` placement (``qwen2_vl``): a user message is rendered as the content list that
+Qwen's own finetuning code builds from LLaVA-format records (QwenLM/Qwen2.5-VL,
+``qwen-vl-finetune/qwenvl/data/data_processor.py``, ``_build_messages``): the text is split
+at the markers, each piece ``.strip()``-ed (empty ones dropped), and images and pieces are
+concatenated with nothing in between, as the jinja renders a list. So ``"<image>\\nWhat is
+this?"`` gives exactly what the HF message ``[{"type": "image"}, {"type": "text", "text":
+"What is this?"}]`` gives, ``<|vision_start|><image><|vision_end|>What is this?``: the
+``"\\n"`` after LLaVA-style markers is dropped, as is whitespace at the ends of any user text.
+Markers stay where they are (``"Compare <image> and <image>"`` keeps its order).
+LLaMA-Factory's ``qwen2_vl`` template differs here: it replaces the marker in place and
+keeps the ``"\\n"``.
+
 Tokenization
 ------------
 ``tokenize`` renders the conversation, splits the text at the ``<image>`` markers exactly
 like LLaVA's ``tokenizer_image_token`` (each text chunk tokenized on its own, so a
 SentencePiece tokenizer sees ``"\\nWhat..."`` after an image as LLaVA did -- ids
 ``29871, 13, ...`` for LLaMA), puts ``num_image_tokens`` copies of ``image_token_id``
-where each marker was (the tokenizer never sees ``<image>``), and adds the tokenizer's own
+where each marker was (the tokenizer never sees ``<image>``; ``num_image_tokens`` is one
+int for every image, or a sequence with one count per marker in order, for models whose
+token count depends on the image size), and adds the tokenizer's own
 leading special tokens once (``<s>`` for LLaMA; none for tokenizers without BOS; not again
 if the rendered text already starts with them, as ``hf`` templates often do). Trailing
 special tokens the tokenizer would append (an ``add_eos_token`` tokenizer) are not added:
@@ -50,7 +84,11 @@ turn ends come from the template.
 
 Loss mask from character offsets. Each assistant turn owns the characters from the end
 of its generation prompt (just after ``"ASSISTANT:"``) to the end of its turn (after
-``"</s>"``; for ``hf`` up to the rendered turn end, trailing whitespace excluded). A token
+``"</s>"``; for ``hf`` up to the rendered turn end, trailing whitespace excluded; for
+``qwen2_vl`` the answer and ``<|im_end|>``, not the ``"\\n"`` after it -- generation stops
+at ``<|im_end|>``, so that is also what ``tokenize_prompt_response`` returns as the
+response. Qwen's finetuning script and LLaMA-Factory also train on that ``"\\n"``: one
+fully predictable token per turn). A token
 is a target iff its character span lies in such a range, so ``target_mask`` covers the
 answer and its end-of-turn token -- never system, user, role or image tokens. Two checks
 make the segment view and the whole-text tokenization agree, and raise
@@ -123,13 +161,14 @@ class ExampleTooLong(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Template:
     name: str
-    style: str  # "two" (LLaVA SeparatorStyle.TWO) | "plain" | "hf"
+    style: str  # "two" (LLaVA SeparatorStyle.TWO) | "plain" | "hf" | "chatml"
     system: str = ""
     roles: tuple[str, str] = ("USER", "ASSISTANT")
     sep: str = " "
     sep2: str | None = "</s>"
     image_to_front: bool = True
     stop: tuple[str, ...] = ()
+    image_wrap: tuple[str, str] = ("", "")  # "chatml": text put around each <image> marker
 
 
 _VICUNA_SYSTEM = (
@@ -149,6 +188,12 @@ TEMPLATES: dict[str, Template] = {
     "plain": Template("plain", "plain", "", ("", ""), "\n", None, False, stop=("\n",)),
     "hf": Template("hf", "hf", "", ("user", "assistant"), "", None, False),
 }
+_QWEN2_VL = Template(
+    "qwen2_vl", "chatml", "You are a helpful assistant.", ("user", "assistant"), "\n", None, False,
+    stop=("<|im_end|>",), image_wrap=("<|vision_start|>", "<|vision_end|>"),
+)
+TEMPLATES["qwen2_vl"] = _QWEN2_VL
+TEMPLATES["qwen2_5_vl"] = _QWEN2_VL
 
 
 def get_template(template: str | Template) -> Template:
@@ -165,7 +210,7 @@ def get_template(template: str | Template) -> Template:
 def stop_strings(template: str | Template, tokenizer: Any = None) -> list[str]:
     """Strings that end a generated answer: the end-of-turn first (``"</s>"`` for
     vicuna_v1/llava_v1, also ``"USER:"`` in case a model starts a new turn; ``"\\n"`` for
-    plain; the tokenizer's ``eos_token`` for hf)."""
+    plain; ``"<|im_end|>"`` for qwen2_vl; the tokenizer's ``eos_token`` for hf)."""
     tpl = get_template(template)
     if tpl.style == "hf":
         eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
@@ -257,6 +302,35 @@ def _image_to_front(content: str) -> str:
     return (IMAGE_MARKER + "\n" + value).strip()
 
 
+def _chatml_user(content: str, tpl: Template) -> str:
+    # QwenLM/Qwen2.5-VL qwen-vl-finetune/qwenvl/data/data_processor.py _build_messages: the
+    # text is split at the markers, each piece stripped, empty pieces dropped; the jinja
+    # then concatenates the items with nothing in between.
+    open_, close = tpl.image_wrap
+    pieces = content.split(IMAGE_MARKER)
+    return pieces[0].strip() + "".join(open_ + IMAGE_MARKER + close + p.strip() for p in pieces[1:])
+
+
+def _render_chatml(sys_msg, msgs, tpl: Template, add_generation_prompt: bool) -> _Rendered:
+    if sys_msg is None and not msgs:
+        return _Rendered("", ())
+    system = sys_msg.content if sys_msg is not None else tpl.system
+    ret = "<|im_start|>system\n" + system + "<|im_end|>\n"
+    spans: list[_Span] = []
+    for m in msgs:
+        if m.role == "user":
+            ret += "<|im_start|>" + tpl.roles[0] + "\n" + _chatml_user(m.content, tpl) + "<|im_end|>\n"
+        else:
+            ret += "<|im_start|>" + tpl.roles[1] + "\n"
+            start = len(ret)
+            ret += m.content + "<|im_end|>"
+            spans.append(_Span(m.index, start, len(ret)))
+            ret += "\n"
+    if add_generation_prompt:
+        ret += "<|im_start|>" + tpl.roles[1] + "\n"
+    return _Rendered(ret, tuple(spans))
+
+
 def _render(sys_msg, msgs, tpl: Template, add_generation_prompt: bool, tokenizer) -> _Rendered:
     if add_generation_prompt and msgs and msgs[-1].role == "assistant":
         raise ValueError("add_generation_prompt needs a conversation ending with a user turn")
@@ -292,6 +366,8 @@ def _render(sys_msg, msgs, tpl: Template, add_generation_prompt: bool, tokenizer
         return _Rendered(ret, tuple(spans))
     if tpl.style == "hf":
         return _render_hf(sys_msg, msgs, add_generation_prompt, tokenizer)
+    if tpl.style == "chatml":
+        return _render_chatml(sys_msg, msgs, tpl, add_generation_prompt)
     raise ValueError(f"unknown template style {tpl.style!r}")
 
 
@@ -349,7 +425,7 @@ def render(
 # ------------------------------------------------------------------- tokenizing
 @dataclasses.dataclass(frozen=True)
 class Tokenized:
-    input_ids: np.ndarray    # int32[T]; each image as num_image_tokens x image_token_id
+    input_ids: np.ndarray    # int32[T]; image j as num_image_tokens[j] x image_token_id
     target_mask: np.ndarray  # bool[T]; True exactly on assistant-turn tokens
     num_images: int          # image runs in input_ids (the first num_images images)
     truncated: bool = False  # max_length cut something
@@ -364,6 +440,7 @@ class _Encoded:
     starts: np.ndarray  # int64[T] character offsets in the rendered text (-1: special)
     ends: np.ndarray
     kinds: np.ndarray   # int8[T]: _TEXT / _SPECIAL / _IMAGE
+    image: np.ndarray   # int64[T]: which <image> marker (0, 1, ...) an image token stands for; -1 else
 
 
 def _encode_text(tokenizer, text: str, add_special_tokens: bool):
@@ -393,11 +470,38 @@ def _special_prefix(tokenizer) -> list[int]:
     return []
 
 
-def _encode(text: str, tokenizer, image_token_id: int, num_image_tokens: int, prefix: list[int]) -> _Encoded:
+def _image_counts(num_image_tokens, n_markers: int) -> list[int]:
+    """``num_image_tokens`` (an int for every image, or one int per ``<image>`` marker in
+    order) as one positive count per marker."""
+    def ok(n):
+        return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+
+    if isinstance(num_image_tokens, (int, np.integer)) and not isinstance(num_image_tokens, bool):
+        if not ok(num_image_tokens):
+            raise ValueError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
+        return [int(num_image_tokens)] * n_markers
+    if isinstance(num_image_tokens, (str, bytes)) or not isinstance(num_image_tokens, (Sequence, np.ndarray)):
+        raise ValueError("num_image_tokens must be a positive int or a sequence of them (one per "
+                         f"{IMAGE_MARKER} marker), got {num_image_tokens!r}")
+    if isinstance(num_image_tokens, np.ndarray) and num_image_tokens.ndim != 1:
+        raise ValueError(f"num_image_tokens must be 1-D, got shape {num_image_tokens.shape}")
+    counts = list(num_image_tokens)
+    bad = [n for n in counts if not ok(n)]
+    if bad:
+        raise ValueError(f"num_image_tokens must hold positive ints, got {bad[0]!r} in {counts!r}")
+    if len(counts) != n_markers:
+        raise ValueError(f"num_image_tokens gives {len(counts)} image token count(s) but the conversation "
+                         f"has {n_markers} {IMAGE_MARKER} marker(s); give one count per marker, in order")
+    return [int(n) for n in counts]
+
+
+def _encode(text: str, tokenizer, image_token_id: int, counts: Sequence[int], prefix: list[int]) -> _Encoded:
+    """``counts[j]``: tokens for the j-th ``<image>`` of ``text`` (extra counts unused)."""
     ids: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
     kinds: list[int] = []
+    image: list[int] = []
     if prefix:
         prefix_text = tokenizer.decode(prefix, skip_special_tokens=False)
         if not (prefix_text and text.startswith(prefix_text)):
@@ -405,13 +509,16 @@ def _encode(text: str, tokenizer, image_token_id: int, num_image_tokens: int, pr
             starts += [-1] * len(prefix)
             ends += [-1] * len(prefix)
             kinds += [_SPECIAL] * len(prefix)
+            image += [-1] * len(prefix)
     pos = 0
     for j, chunk in enumerate(text.split(IMAGE_MARKER)):
         if j > 0:
-            ids += [image_token_id] * num_image_tokens
-            starts += [pos] * num_image_tokens
-            ends += [pos + len(IMAGE_MARKER)] * num_image_tokens
-            kinds += [_IMAGE] * num_image_tokens
+            n = counts[j - 1]
+            ids += [image_token_id] * n
+            starts += [pos] * n
+            ends += [pos + len(IMAGE_MARKER)] * n
+            kinds += [_IMAGE] * n
+            image += [j - 1] * n
             pos += len(IMAGE_MARKER)
         if chunk:
             cids, coffs = _encode_text(tokenizer, chunk, False)
@@ -425,10 +532,11 @@ def _encode(text: str, tokenizer, image_token_id: int, num_image_tokens: int, pr
             starts += [s + pos for s, _ in coffs]
             ends += [e + pos for _, e in coffs]
             kinds += [_TEXT] * len(cids)
+            image += [-1] * len(cids)
             pos += len(chunk)
     return _Encoded(
         np.asarray(ids, np.int64), np.asarray(starts, np.int64),
-        np.asarray(ends, np.int64), np.asarray(kinds, np.int8),
+        np.asarray(ends, np.int64), np.asarray(kinds, np.int8), np.asarray(image, np.int64),
     )
 
 
@@ -437,6 +545,8 @@ class _Full:
     ids: np.ndarray
     mask: np.ndarray
     kinds: np.ndarray
+    image: np.ndarray   # _Encoded.image
+    counts: list[int]   # tokens per image, in marker order
     span_tokens: list[tuple[int, int, int]]  # (turn, first target index, end index)
 
 
@@ -450,13 +560,12 @@ def _tokens_desc(tokenizer, ids) -> str:
 def _tokenize_full(sys_msg, msgs, tpl, tokenizer, image_token_id, num_image_tokens, add_generation_prompt) -> _Full:
     if not isinstance(image_token_id, (int, np.integer)) or isinstance(image_token_id, bool):
         raise TypeError(f"image_token_id must be an int, got {image_token_id!r}")
-    if not isinstance(num_image_tokens, (int, np.integer)) or num_image_tokens < 1:
-        raise ValueError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
-    image_token_id, num_image_tokens = int(image_token_id), int(num_image_tokens)
+    image_token_id = int(image_token_id)
     rendered = _render(sys_msg, msgs, tpl, add_generation_prompt, tokenizer)
     text = rendered.text
+    counts = _image_counts(num_image_tokens, text.count(IMAGE_MARKER))
     prefix = _special_prefix(tokenizer)
-    enc = _encode(text, tokenizer, image_token_id, num_image_tokens, prefix)
+    enc = _encode(text, tokenizer, image_token_id, counts, prefix)
     starts, ends, kinds = enc.starts, enc.ends, enc.kinds
     is_text = kinds == _TEXT
     zero = starts == ends
@@ -485,7 +594,7 @@ def _tokenize_full(sys_msg, msgs, tpl, tokenizer, image_token_id, num_image_toke
         if not inside[t0:t1].all():
             raise TokenizationMismatch(sp.turn, role, "the answer's tokens are not contiguous")
         # Segment check: the generation prompt alone tokenizes as the conversation's prefix.
-        prompt_enc = _encode(text[: sp.start], tokenizer, image_token_id, num_image_tokens, prefix)
+        prompt_enc = _encode(text[: sp.start], tokenizer, image_token_id, counts, prefix)
         if not np.array_equal(prompt_enc.ids, enc.ids[:t0]):
             n = min(len(prompt_enc.ids), t0)
             diff = next((k for k in range(n) if prompt_enc.ids[k] != enc.ids[k]), n)
@@ -499,13 +608,17 @@ def _tokenize_full(sys_msg, msgs, tpl, tokenizer, image_token_id, num_image_toke
             )
         mask[t0:t1] = True
         span_tokens.append((sp.turn, t0, t1))
-    return _Full(enc.ids, mask, kinds, span_tokens)
+    return _Full(enc.ids, mask, kinds, enc.image, counts, span_tokens)
 
 
-def _count_images(kinds: np.ndarray, num_image_tokens: int) -> int:
-    n = int((kinds == _IMAGE).sum())
-    assert n % num_image_tokens == 0, "an image's token run was split"
-    return n // num_image_tokens
+def _count_images(image: np.ndarray, counts: Sequence[int]) -> int:
+    """Images whose tokens lie in ``image`` (a prefix of ``_Encoded.image``)."""
+    kept = image[image >= 0]
+    if kept.size == 0:
+        return 0
+    last = int(kept[-1])
+    assert int((kept == last).sum()) == counts[last], "an image's token run was split"
+    return last + 1
 
 
 def tokenize(
@@ -514,11 +627,15 @@ def tokenize(
     *,
     template: str | Template = "vicuna_v1",
     image_token_id: int,
-    num_image_tokens: int,
+    num_image_tokens: int | Sequence[int],
     max_length: int | None = None,
     add_generation_prompt: bool = False,
 ) -> Tokenized:
     """Render, tokenize and mask a conversation (see the module docstring).
+
+    ``num_image_tokens``: tokens per image -- an int for every image, or one int per
+    ``<image>`` marker in order of appearance (models whose image token count depends on
+    the image size, e.g. Qwen2.5-VL); a sequence of the wrong length is a ``ValueError``.
 
     Raises ``TokenizationMismatch`` (naming the turn) when the segment and whole-text
     tokenizations disagree, ``ExampleTooLong`` when ``max_length`` cannot be met by
@@ -527,7 +644,7 @@ def tokenize(
     tpl = get_template(template)
     sys_msg, msgs = _parse(conversation)
     full = _tokenize_full(sys_msg, msgs, tpl, tokenizer, image_token_id, num_image_tokens, add_generation_prompt)
-    ids, mask, kinds = full.ids, full.mask, full.kinds
+    ids, mask = full.ids, full.mask
     T = len(ids)
     cut = T
     if max_length is not None:
@@ -554,7 +671,7 @@ def tokenize(
     return Tokenized(
         input_ids=ids[:cut].astype(np.int32),
         target_mask=mask[:cut].copy(),
-        num_images=_count_images(kinds[:cut], int(num_image_tokens)),
+        num_images=_count_images(full.image[:cut], full.counts),
         truncated=cut < T,
     )
 
@@ -566,7 +683,7 @@ def tokenize_prompt_response(
     *,
     template: str | Template = "vicuna_v1",
     image_token_id: int,
-    num_image_tokens: int,
+    num_image_tokens: int | Sequence[int],
     max_length: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(prompt_ids, response_ids)`` (int32) for DPO and generation.
@@ -576,8 +693,10 @@ def tokenize_prompt_response(
     its end-of-turn token(s). ``prompt_ids + response_ids`` is checked to equal the target
     tokens' prefix of ``tokenize(conversation + [assistant response])`` -- the whole
     sequence for vicuna_v1/llava_v1/plain; for ``hf`` templates whitespace the template
-    puts after the end-of-turn token is not part of the response. ``max_length`` cuts the
-    response's tail; ``ExampleTooLong`` if the prompt plus one response token does not fit.
+    puts after the end-of-turn token is not part of the response (nor is qwen2_vl's ``"\\n"``
+    after ``<|im_end|>``). ``num_image_tokens`` as in ``tokenize`` (one count per marker of
+    ``conversation``). ``max_length`` cuts the response's tail; ``ExampleTooLong`` if the
+    prompt plus one response token does not fit.
     """
     tpl = get_template(template)
     sys_msg, msgs = _parse(conversation)
