@@ -237,8 +237,9 @@ def load_model(path: str, *, dtype: str = "float32", kind: str = "auto", mesh=No
         shardings = parallel.tree_shardings(specs, rules, mesh, shapes)
         if kind == "workdir":
             params = params_from_run(path, cfg, shardings)
-        else:
-            _, params = family.load_hf(path, dtype=dtype, sharding=shardings)
+        else:   # the loaded config also carries what config.json lacks (image settings)
+            loaded, params = family.load_hf(path, dtype=dtype, sharding=shardings)
+            cfg = loaded.replace(dtype=dtype, param_dtype=dtype, remat_policy="none", lora=None)
     if not tok_dir:
         raise CheckpointError(f"{path}: the run names no tokenizer folder; pass tokenizer=DIR")
     return LoadedModel(family=family, cfg=cfg, model=family.module(cfg), params=params,

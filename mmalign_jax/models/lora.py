@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import PartitionSpec
 
-from mmalign_jax.models import llava
 from mmalign_jax.models.config import LlavaConfig, LoraConfig
 
 
@@ -30,11 +29,12 @@ def _lora_config(cfg: LlavaConfig) -> LoraConfig:
 
 
 def _dense_kernels(params) -> dict[tuple[str, ...], object]:
-    """Module path → kernel for every Dense: a `kernel` of rank 2, or 3 under the scanned
-    'layers' (this excludes the 4-D patch-embedding conv)."""
+    """Module path → kernel for every Dense: a `kernel` of rank 2, or 3 under a scanned
+    stack ('layers', Qwen's vision 'blocks'; this excludes CLIP's 4-D patch conv)."""
     kernels = {}
     for path, leaf in traverse_util.flatten_dict(params).items():
-        if path[-1] == "kernel" and len(leaf.shape) == 2 + ("layers" in path[:-1]):
+        scanned = "layers" in path[:-1] or "blocks" in path[:-1]
+        if path[-1] == "kernel" and len(leaf.shape) == 2 + scanned:
             kernels[path[:-1]] = leaf
     return kernels
 
@@ -92,9 +92,11 @@ def merge(cfg: LlavaConfig, params, lora):
 def lora_logical_specs(cfg: LlavaConfig):
     """Logical `PartitionSpec` tree of `init_lora`'s output: each adapter inherits its
     kernel's names, `a: (.., in, 'lora_rank')`, `b: (.., 'lora_rank', out)`."""
-    kernel_specs = traverse_util.flatten_dict(llava.param_logical_specs(cfg))
+    from mmalign_jax.models import registry
+    family = registry.for_config(cfg)
+    kernel_specs = traverse_util.flatten_dict(family.param_logical_specs(cfg))
     flat = {}
-    for path in lora_paths(cfg, llava.abstract_params(cfg)):
+    for path in lora_paths(cfg, family.abstract_params(cfg)):
         module = tuple(path.split("/"))
         *lead, d_in, d_out = tuple(kernel_specs[(*module, "kernel")])
         flat[(*module, "a")] = PartitionSpec(*lead, d_in, "lora_rank")

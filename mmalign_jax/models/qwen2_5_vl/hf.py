@@ -11,7 +11,6 @@ stacked for `nn.scan`), `merger` (HF `visual.merger`: our projector role), and
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import List, Optional, Union
@@ -138,14 +137,11 @@ def load_hf(path: Union[str, os.PathLike], dtype: str = "float32", sharding=None
     """`(cfg, params)` from a Qwen2.5-VL checkpoint folder; the image settings come from its
     `preprocessor_config.json` when there is one (else Qwen2.5-VL's defaults)."""
     cfg, params = hf_io.load(MAPPING, path, dtype, sharding)
-    pre = os.path.join(os.fspath(path), PREPROCESSOR_CONFIG)
-    if os.path.isfile(pre):
-        try:
-            with open(pre) as f:
-                cfg = cfg.replace(image=presets.image_config_from_hf(json.load(f)))
-        except (json.JSONDecodeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{pre}: not a valid image processor config ({e})") from None
-    return cfg, params
+    try:
+        image = presets.from_hf_config(os.fspath(path)).image
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return cfg.replace(image=image), params
 
 
 def save_hf(cfg: Qwen25VLConfig, params, out_dir, lora=None, tokenizer_dir=None, **kw) -> List[str]:

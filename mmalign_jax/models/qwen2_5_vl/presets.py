@@ -9,9 +9,12 @@ with `"type": "mrope"`) and transformers ≥ 5's (`text_config`, `rope_parameter
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Callable, Dict, Mapping
 
 from mmalign_jax.models.config import TextConfig
+from mmalign_jax.models.family import read_hf_config
 from mmalign_jax.models.qwen2_5_vl.config import Qwen25VLConfig, QwenImageConfig, QwenVisionConfig
 
 ARCHITECTURES = ("Qwen2_5_VLForConditionalGeneration",)
@@ -80,8 +83,28 @@ def _rope(text: Mapping[str, Any], top: Mapping[str, Any]) -> tuple:
     return float(theta), tuple(int(s) for s in section)
 
 
-def from_hf_config(raw: Mapping[str, Any]) -> Qwen25VLConfig:
-    """Our config from a Qwen2.5-VL `config.json` dict (either form)."""
+def from_hf_config(config) -> Qwen25VLConfig:
+    """Our config from a Qwen2.5-VL `config.json` (a folder, the file or the parsed dict;
+    either form). A folder's `preprocessor_config.json` sets the image settings."""
+    raw, where = read_hf_config(config)
+    try:
+        cfg = _from_dict(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        msg = str(e) if isinstance(e, ValueError) else f"missing or malformed field {e}"
+        raise ValueError(f"{where}: {msg}".replace("<config dict>: ", "")) from None
+    if not isinstance(config, Mapping):
+        folder = os.path.dirname(where)
+        pre = os.path.join(folder, "preprocessor_config.json")
+        if os.path.isfile(pre):
+            try:
+                with open(pre) as f:
+                    cfg = cfg.replace(image=image_config_from_hf(json.load(f)))
+            except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
+                raise ValueError(f"{pre}: not a valid image processor config ({e})") from None
+    return cfg
+
+
+def _from_dict(raw: Mapping[str, Any]) -> Qwen25VLConfig:
     if raw.get("model_type") not in (MODEL_TYPE, None):
         raise ValueError(f"<config dict>: model_type {raw.get('model_type')!r} is not "
                          f"{MODEL_TYPE!r}")
