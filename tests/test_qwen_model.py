@@ -152,15 +152,22 @@ def test_kv_cache_equals_full_forward(params, images):
     model = qm.Qwen25VL(CFG)
     v = {"params": params}
     ids_j, mask_j, im = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), jnp.asarray(image_mask)
-    full = model.apply(v, ids_j, ours, mask_j, image_mask=im)
     split = ids.shape[1] - 4
-    feats = model.apply(v, ours, method="encode_images")
-    embeds = model.apply(v, ids_j, feats, im, method="embed")
-    pos, _ = model.apply(v, ids_j, mask_j, ours, im, method="positions")
-    cache = registry.get("qwen2_5_vl").init_cache(CFG, ids.shape[0], ids.shape[1])
-    h1, cache = model.apply(v, embeds[:, :split], mask_j, pos[:, :, :split], cache, method="decode")
-    h2, cache = model.apply(v, embeds[:, split:], mask_j, pos[:, :, split:], cache, method="decode")
-    logits = model.apply(v, jnp.concatenate([h1, h2], axis=1), method="lm_logits")
+
+    @jax.jit
+    def both(v, ours):
+        full = model.apply(v, ids_j, ours, mask_j, image_mask=im)
+        feats = model.apply(v, ours, method="encode_images")
+        embeds = model.apply(v, ids_j, feats, im, method="embed")
+        pos, _ = model.apply(v, ids_j, mask_j, ours, im, method="positions")
+        cache = registry.get("qwen2_5_vl").init_cache(CFG, ids.shape[0], ids.shape[1])
+        h1, cache = model.apply(v, embeds[:, :split], mask_j, pos[:, :, :split], cache,
+                                method="decode")
+        h2, cache = model.apply(v, embeds[:, split:], mask_j, pos[:, :, split:], cache,
+                                method="decode")
+        return full, model.apply(v, jnp.concatenate([h1, h2], axis=1), method="lm_logits")
+
+    full, logits = both(v, ours)
     np.testing.assert_allclose(np.asarray(logits)[mask.astype(bool)],
                                np.asarray(full)[mask.astype(bool)], atol=1e-5)
 
