@@ -8,7 +8,11 @@ import pytest
 
 from mmalign_jax.models.llava import hf
 from mmalign_jax.models import llava
-from mmalign_jax.models.presets import PRESETS, from_hf_config, get_preset, to_hf_config
+from mmalign_jax.models import registry
+from mmalign_jax.models.presets import PRESETS as ALL_PRESETS
+from mmalign_jax.models.presets import from_hf_config, get_preset, to_hf_config
+
+PRESETS = [p for p in ALL_PRESETS if registry.for_preset(p).name == "llava"]   # Qwen's: test_qwen_model
 
 # llava-hf/llava-1.5-7b-hf and -13b-hf config.json as published (they omit most LlamaConfig
 # fields, which then take the transformers defaults).

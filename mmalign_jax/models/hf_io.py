@@ -54,6 +54,16 @@ TRANSFORMS = ("id", "T", "conv", "flatT")
 # --------------------------------------------------------------------------------------
 
 
+def rename_first(key: str, rules) -> str:
+    """`key` with the first matching `(compiled pattern, replacement)` of `rules` applied
+    (a family's key layouts → its canonical layout); unchanged when none matches."""
+    for pattern, repl in rules:
+        new, n = pattern.subn(repl, key, count=1)
+        if n:
+            return new
+    return key
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One HF tensor: canonical key, our parameter path, HF shape, transform and — for a

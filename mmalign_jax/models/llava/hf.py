@@ -144,11 +144,7 @@ _IGNORED = re.compile(
 
 def canonical_key(key: str) -> str:
     """The hub-layout name of a checkpoint key written in any supported layout."""
-    for pattern, repl in _TO_CANONICAL:
-        new, n = pattern.subn(repl, key, count=1)
-        if n:
-            return new
-    return key
+    return hf_io.rename_first(key, _TO_CANONICAL)
 
 
 def layout_key(canonical: str, layout: str) -> str:

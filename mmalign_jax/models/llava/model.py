@@ -11,7 +11,6 @@ Module-level helpers give the trainer what it needs without running the model:
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 
 from mmalign_jax.models.config import LlavaConfig
 from mmalign_jax.models.llama import LlamaModel, default_positions, init_kv_cache
+from mmalign_jax.models.param_init import ParamInit
 from mmalign_jax.models.projector import Projector
 from mmalign_jax.models.vision import VisionTower
 
@@ -159,39 +159,7 @@ def _init_inputs(cfg: LlavaConfig):
     )
 
 
-def _init_boxed(cfg: LlavaConfig, rng: jax.Array):
-    """`params` with `nn.Partitioned` boxes that carry the logical axis names."""
-    return Llava(cfg).init({"params": rng}, *_init_inputs(cfg))["params"]
-
-
-def _unbox(boxed):
-    """The boxes' values as they are. (`nn.unbox` would also constrain each to its logical
-    sharding whenever a mesh is set: wrong for shapes, and for arrays it is `out_shardings`'
-    job, by `parallel.tree_shardings`' rules.)"""
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
-                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
-def init_params(cfg: LlavaConfig, rng: jax.Array):
-    """Randomly initialised params (plain arrays). Jit it with `out_shardings` derived from
-    `param_logical_specs(cfg)` to create them already sharded."""
-    return _unbox(_init_boxed(cfg, rng))
-
-
-@functools.lru_cache(maxsize=16)
-def _abstract_boxed(cfg: LlavaConfig):
-    """Shapes and logical names of the params, traced once per config: a trace of Flax's
-    init runs the model's forward (seconds at 7B widths on CPU), and building a run asks for
-    it several times (shapes, specs, LoRA's shapes and specs)."""
-    return jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0))
-
-
-def abstract_params(cfg: LlavaConfig):
-    """`jax.ShapeDtypeStruct` tree of the params: no memory, no compute."""
-    return _unbox(_abstract_boxed(cfg))   # unbox builds new containers: the cache's tree stays as is
-
-
-def param_logical_specs(cfg: LlavaConfig):
-    """Tree (same structure as params) of `PartitionSpec`s over logical axis names; turn it
-    into shardings with `nn.logical_to_mesh_sharding(specs, mesh, rules)`."""
-    return nn.get_partition_spec(_abstract_boxed(cfg))
+_PARAMS = ParamInit(Llava, _init_inputs)
+init_params = _PARAMS.init_params
+abstract_params = _PARAMS.abstract_params
+param_logical_specs = _PARAMS.param_logical_specs

@@ -83,11 +83,8 @@ _TO_CANONICAL = [(re.compile(r"^model\.visual\."), "visual."),
 
 
 def canonical_key(key: str) -> str:
-    for pattern, repl in _TO_CANONICAL:
-        new, n = pattern.subn(repl, key, count=1)
-        if n:
-            return new
-    return key
+    """The hub-layout name of a checkpoint key written in any supported layout."""
+    return hf_io.rename_first(key, _TO_CANONICAL)
 
 
 def layout_key(canonical: str, layout: str) -> str:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from mmalign_jax.models.layers import Dense, RMSNorm, activation, constrain, swiglu
 from mmalign_jax.models.llama import LlamaModel, default_positions, init_kv_cache
+from mmalign_jax.models.param_init import ParamInit
 from mmalign_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 
 _ACT_V = ("activation_batch", "activation_length", "activation_embed_vision")
@@ -328,27 +329,7 @@ def _init_inputs(cfg: Qwen25VLConfig):
             jnp.ones((1, 1), jnp.int32))
 
 
-def _init_boxed(cfg: Qwen25VLConfig, rng):
-    return Qwen25VL(cfg).init({"params": rng}, *_init_inputs(cfg))["params"]
-
-
-def _unbox(boxed):
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
-                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
-def init_params(cfg: Qwen25VLConfig, rng):
-    return _unbox(_init_boxed(cfg, rng))
-
-
-@functools.lru_cache(maxsize=16)
-def _abstract_boxed(cfg: Qwen25VLConfig):
-    return jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0))
-
-
-def abstract_params(cfg: Qwen25VLConfig):
-    return _unbox(_abstract_boxed(cfg))
-
-
-def param_logical_specs(cfg: Qwen25VLConfig):
-    return nn.get_partition_spec(_abstract_boxed(cfg))
+_PARAMS = ParamInit(Qwen25VL, _init_inputs)
+init_params = _PARAMS.init_params
+abstract_params = _PARAMS.abstract_params
+param_logical_specs = _PARAMS.param_logical_specs
