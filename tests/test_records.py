@@ -232,3 +232,41 @@ def test_iter_jsonl_malformed(tmp_path):
     assert next(it) == {"a": 1}
     with pytest.raises(RecordError, match=r"x.jsonl:2"):
         next(it)
+
+
+# ------------------------------------------------------------------ encoding (issue 25, 1)
+def test_one_non_utf8_byte_is_one_rejected_line(tmp_path):
+    """A Latin-1 'é' on line 41 of 60 used to lose the whole file ('utf-8' codec can't
+    decode byte 0xe9 in position 3155, no file, no line): now the other 59 records are kept
+    and line 41 is named with its file, line, byte offsets and id; strict names the same."""
+    lines = [json.dumps(good(f"r{i:02d}", image=None, meta={"note": "café"}),
+                        ensure_ascii=False).encode("utf-8") for i in range(60)]
+    lines[40] = lines[40].replace("café".encode("utf-8"), b"caf\xe9")
+    path = tmp_path / "bad_nonutf8.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    line_start = sum(len(x) + 1 for x in lines[:40])
+    bad_byte = line_start + lines[40].index(b"\xe9")
+
+    res = load_records(str(path), strict=False)
+    assert [r.id for r in res.records] == [f"r{i:02d}" for i in range(60) if i != 40]
+    assert res.n_read == 60 and len(res.rejected) == 1
+    (row,) = [json.loads(x) for x in open(res.reject_path, encoding="utf-8")]
+    assert (row["file"], row["line"], row["offset"], row["id"]) == (str(path), 41, line_start, "r40")
+    assert f"byte 0xe9 at offset {bad_byte} of the file" in row["reason"]
+    assert "\\xe9" in row["raw"] and "UTF-8" in row["reason"]
+
+    with pytest.raises(RecordError) as ei:
+        load_records(str(path))
+    assert (ei.value.file, ei.value.line, ei.value.record_id) == (str(path), 41, "r40")
+    assert f"{path}:41: record 'r40': not valid UTF-8: byte 0xe9 at offset {bad_byte}" in str(ei.value)
+
+
+def test_byte_order_mark_and_crlf_still_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(good("a", image=None)).encode() + b"\r\n"
+                     + json.dumps(good("b", image=None)).encode() + b"\r\n")
+    assert [r.id for r in load_records(str(path)).records] == ["a", "b"]
+    arr = tmp_path / "arr.json"
+    arr.write_bytes(b"[" + json.dumps(good("a", image=None)).encode() + b", \xe9]")
+    with pytest.raises(RecordError, match=r"arr.json: record \?: not valid UTF-8: byte 0xe9 at offset"):
+        load_records(str(arr), strict=False)

@@ -154,3 +154,31 @@ def test_cli_demo(tmp_path):
     ex = tfds_builder.open_split(os.path.join(out, "tfds"), "train")[0]
     assert len(ex["images"]) == len(ex["record"]["images"]) >= 1
     Image.open(__import__("io").BytesIO(ex["images"][0])).verify()
+
+
+def test_build_cli_keeps_the_good_records_around_a_non_utf8_line(data, tmp_path, capsys):
+    """`python -m mmalign_jax.data build` on a file with one Latin-1 byte (issue 25, 1): lenient
+    builds every other record and counts the bad line in the summary and the reject file;
+    --strict fails with the file, line, id and byte offset (exit 1, nothing written)."""
+    from mmalign_jax.data.__main__ import main
+    lines = open(data["path"], "rb").read().splitlines()
+    bad = lines[2].replace(b"Green.", b"Gr\xfcn.")          # record good1
+    path = tmp_path / "bad_nonutf8.jsonl"
+    path.write_bytes(b"\n".join([bad] + lines[:2] + lines[3:]) + b"\n")   # first
+    offset = bad.index(b"\xfc")
+    base = ["build", "--records", str(path), "--image-root", data["img"]]
+
+    assert main(base + ["--out", str(tmp_path / "strict"), "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:1: record 'good1': not valid UTF-8: byte 0xfc at offset {offset}" in err
+    assert not os.path.exists(tmp_path / "strict" / "mmalign_records")
+
+    rej = str(tmp_path / "rej.jsonl")
+    assert main(base + ["--out", str(tmp_path / "out"), "--reject-file", rej]) == 0
+    assert "train: kept 3 of 7 records, skipped 4" in capsys.readouterr().out
+    rows = {r["id"]: r for r in map(json.loads, open(rej, encoding="utf-8"))}
+    assert sorted(rows) == ["badscore", "corrupt", "good1", "missing"]
+    assert (rows["good1"]["line"], rows["good1"]["file"], rows["good1"]["offset"]) == (1, str(path), 0)
+    assert rows["corrupt"]["offset"] == len(bad) + 1 + len(lines[0]) + 1   # line 3
+    src = tfds_builder.open_split(str(tmp_path / "out"), "train")
+    assert [ex["id"] for ex in src] == ["good0", "text", "good2"]

@@ -39,7 +39,9 @@ Three input formats are read into this one schema (auto-detected per row, or ``f
 
 JSONL is the native container; a file whose first character is ``[`` is read as one JSON
 array (LLaVA and the published DPO data ship that way) and positions are then reported as
-``item N`` instead of ``line N``.
+``item N`` instead of ``line N``. Files are UTF-8 (a byte-order mark is skipped); JSONL is
+decoded line by line, so a line that is not UTF-8 is one rejected row (its line and the
+file offset of the bad byte named), never a lost file.
 """
 from __future__ import annotations
 
@@ -433,23 +435,67 @@ def validate_record(rec: Record, image_root: str | None = None,
 
 
 # --------------------------------------------------------------------------- files
-def _rows(path: str) -> Iterator[tuple[int, str, Any, str]]:
-    """(position, raw text, decoded object or a RecordError, unit) per row."""
-    with open(path, encoding="utf-8-sig") as f:   # tolerate a byte-order mark
-        head = f.read(4096).lstrip()
+_BOM = b"\xef\xbb\xbf"
+
+
+def _undecodable(body: bytes, line_offset: int, e: UnicodeDecodeError) -> RecordError:
+    """The error of a line that is not UTF-8: where the bad byte is in the file (what
+    `head -c`/`xxd` need; Python's own position is within the decoded chunk) and, when the
+    rest of the line still parses, the record's id."""
+    rid = None
+    try:
+        obj = json.loads(body.decode("utf-8", "replace"))
+        if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)):
+            rid = str(obj["id"])
+    except ValueError:
+        pass
+    return _err(f"not valid UTF-8: byte 0x{body[e.start]:02x} at offset "
+                f"{line_offset + e.start} of the file (byte {e.start + 1} of the line)",
+                None, rid, "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or "
+                           "fix or delete the line")
+
+
+def _rows(path: str) -> Iterator[tuple[int, str, Any, str, int | None]]:
+    """(position, raw text, decoded object or a RecordError, unit, byte offset of the line)
+    per row. JSONL is read as bytes and decoded line by line, so one undecodable byte is one
+    bad line, not a lost file."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        skip = len(_BOM) if head.startswith(_BOM) else 0    # tolerate a byte-order mark
         f.seek(0)
-        if head.startswith("["):
+        if head[skip:].lstrip().startswith(b"["):
+            data = f.read()[skip:]
             try:
-                items = json.load(f)
+                items = json.loads(data.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise RecordError(
+                    f"not valid UTF-8: byte 0x{data[e.start]:02x} at offset "
+                    f"{skip + e.start} of the file", file=path,
+                    hint="re-save the file as UTF-8; JSON arrays cannot be read row by row, "
+                         "convert to JSONL to skip bad rows") from None
             except json.JSONDecodeError as e:
                 raise RecordError(f"not valid JSON ({e})", file=path,
                                   hint="fix the file; JSON arrays cannot be read row by "
                                        "row, convert to JSONL to skip bad rows") from None
+            if not isinstance(items, list):
+                raise RecordError(f"a JSON array file must hold a list, got "
+                                  f"{_type_name(items)}", file=path,
+                                  hint="write one JSON object per line (JSONL) instead")
             for i, item in enumerate(items, 1):
-                yield i, json.dumps(item, ensure_ascii=False), item, "item"
+                yield i, json.dumps(item, ensure_ascii=False), item, "item", None
             return
+        offset = 0
         for n, line in enumerate(f, 1):
-            raw = line.rstrip("\n").rstrip("\r")
+            start, offset = offset, offset + len(line)
+            body = line[skip:] if n == 1 else line
+            body_offset = start + (skip if n == 1 else 0)
+            try:
+                raw = body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raw = body.decode("utf-8", "backslashreplace").rstrip("\n").rstrip("\r")
+                yield n, raw, _undecodable(body, body_offset, e), "line", start
+                continue
+            raw = raw.rstrip("\n").rstrip("\r")
             if not raw.strip():
                 continue          # blank lines are not records
             try:
@@ -457,13 +503,13 @@ def _rows(path: str) -> Iterator[tuple[int, str, Any, str]]:
             except json.JSONDecodeError as e:
                 obj = _err(f"malformed JSON ({e.msg} at column {e.colno})", None, None,
                            "fix or delete the line")
-            yield n, raw, obj, "line"
+            yield n, raw, obj, "line", start
 
 
 def iter_jsonl(path: str) -> Iterator[dict]:
     """Decoded rows of a JSONL (or JSON-array) file; RecordError with file:line on a
     malformed line. For schema-checked Records use ``load_records``."""
-    for n, _, obj, unit in _rows(path):
+    for n, _, obj, unit, _ in _rows(path):
         if isinstance(obj, RecordError):
             raise obj.located(path, n, unit)
         yield obj
@@ -477,8 +523,11 @@ def load_records(path: str, image_root: str | None = None, strict: bool = True,
     lenient: bad rows — malformed JSON, schema or semantic errors, unreadable images,
     duplicate ids (the first occurrence is kept) — are skipped, returned in
     ``rejected`` and written to ``reject_path`` (default ``<path>.rejects.jsonl``) as
-    ``{"line", "id", "reason", "raw"}`` (``line`` is the item index for JSON-array files);
-    a one-line summary is logged. Blank lines are not records and are not counted.
+    ``{"file", "line", "offset", "id", "reason", "raw"}`` (``line`` is the item index for
+    JSON-array files, whose ``offset`` is null; ``offset`` is the byte offset of the line's
+    start; a line that is not UTF-8 is one such row, its ``raw`` with the bad bytes as
+    ``\\xNN``); a one-line summary is logged. Blank lines are not records and are not
+    counted.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -488,7 +537,7 @@ def load_records(path: str, image_root: str | None = None, strict: bool = True,
     seen: dict[str, int] = {}
     cache: dict[str, str | None] = {}
     n_read = 0
-    for n, raw, obj, unit in _rows(path):
+    for n, raw, obj, unit, offset in _rows(path):
         n_read += 1
         try:
             if isinstance(obj, RecordError):
@@ -503,7 +552,8 @@ def load_records(path: str, image_root: str | None = None, strict: bool = True,
             if strict:
                 raise err from None
             rejected.append((n, err.record_id, err.reason))
-            reject_rows.append({"line": n, "id": err.record_id, "reason": err.reason, "raw": raw})
+            reject_rows.append({"file": path, "line": n, "offset": offset,
+                                "id": err.record_id, "reason": err.reason, "raw": raw})
             continue
         seen[rec.id] = n
         records.append(rec)

@@ -15,8 +15,9 @@ by ``pipeline``, so the pair rule, its seed or the SFT mode can change without a
 
 Validation is ``records.load_records``: strict stops at the first bad record (a
 ``RecordError`` naming file, line, id and field); lenient skips bad records — malformed
-rows, schema errors, missing or undecodable images, scores outside 0–4, duplicate ids — and
-lists every one in the reject file (``{"line", "id", "reason", "raw"}`` per row).
+rows, lines that are not UTF-8, schema errors, missing, undecodable or oversized images,
+scores outside 0–4, duplicate ids — and lists every one in the reject file (``{"file",
+"line", "offset", "id", "reason", "raw"}`` per row; ``offset``: the line's first byte).
 
 Splits: ``build(..., split='train')`` then ``build(..., split='eval')`` into the same
 ``out_dir`` gives one dataset with both splits (each call is built in a staging folder and
