@@ -27,11 +27,19 @@ It applies, in this order:
 
 Called after JAX has started its backends the XLA flags come too late (a `RuntimeWarning`
 says so) and the malloc settings are skipped.
+
+The entry points that take an ml_collections `--config` (train, generate, pipeline) start
+their `main` through `run_config_cli`: an override of a field that does not exist
+(`--config.dpo.betta=0.1`) is then one sentence naming it and the nearest valid names,
+exit status 2, instead of the flag parser's traceback.
 """
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Dict, List, MutableMapping
+import re
+import sys
+from typing import Callable, Dict, List, MutableMapping, Optional, Sequence
 
 from mmalign_jax import host_malloc, xla_flags
 
@@ -48,3 +56,62 @@ def configure_process(environ: MutableMapping[str, str] = os.environ) -> Dict[st
     before = list(host_malloc.applied)
     malloc = [name for name in host_malloc.apply_if_requested(environ) if name not in before]
     return {"xla_flags": added, "malloc": malloc}
+
+
+def run_config_cli(main: Callable, flag: str = "config") -> None:
+    """`absl.app.run(main)` with `--<flag>` required, and an override naming a field the
+    config lacks reported as one sentence (`config_override_error`) on stderr, exit 2. Other
+    flag errors keep absl's handling (a usage line, exit 1)."""
+    from absl import app, flags
+    flags.mark_flag_as_required(flag)
+
+    def parse(argv):
+        try:
+            return app.parse_flags_with_usage(argv)
+        except (AttributeError, KeyError) as e:   # ml_collections, on an unknown field
+            msg = config_override_error(flags.FLAGS[flag], argv, flag)
+            if msg is None:
+                raise
+            print(f"error: {msg}", file=sys.stderr)
+            raise SystemExit(2) from e
+
+    app.run(main, flags_parser=parse)
+
+
+def config_override_error(config_flag, argv: Sequence[str], flag: str = "config") -> Optional[str]:
+    """The sentence for the first `--<flag>.a.b=v` of `argv` whose path is not in the config
+    (loaded again from the `--<flag>` file by the flag's own parser), or None when every
+    override names a field."""
+    spec = None
+    for i, arg in enumerate(argv):
+        m = re.match(rf"^--?{flag}(?:=(.*))?$", arg)
+        if m:
+            spec = m.group(1) if m.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+    if spec is None:
+        return None
+    try:
+        config = config_flag.parser.parse(spec)
+    except Exception:   # the file itself is the problem: the parser's own error says so
+        return None
+    for arg in argv:
+        m = re.match(rf"^--?{flag}\.([^=]+)", arg)
+        if m:
+            msg = _missing_field(config, m.group(1), flag)
+            if msg:
+                return f"--{flag}.{m.group(1)}: {msg}"
+    return None
+
+
+def _missing_field(config, path: str, flag: str) -> Optional[str]:
+    node, where = config, flag
+    for key in path.split("."):
+        if not hasattr(node, "keys"):
+            return f"{where} is a {type(node).__name__}, not a section with fields"
+        if key not in node:
+            fields = list(node.keys())
+            near = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+            return (f"there is no field {key!r} in {where}{hint} "
+                    f"({where} has: {', '.join(fields)})")
+        node, where = node[key], f"{where}.{key}"
+    return None

@@ -217,3 +217,43 @@ def test_package_reads_no_files_outside_itself(tmp_path):
     assert res["heavy"] == []                # the bench imports no baseline's packages
     for name, origin in res["origins"].items():
         assert origin.startswith(str(site / "mmalign_jax" / "")), (name, origin)
+
+
+# ----------------------------------------------------- config overrides (issue 25, case 2)
+
+def test_a_typo_in_a_config_override_is_one_sentence(tmp_path):
+    """`--config.dpo.betta=0.1` was a 55-line traceback ending in ml_collections' KeyError
+    repr; now stderr is one line naming the field and the nearest valid names, exit 2 — for
+    every entry point that takes --config (train here; generate and pipeline in process)."""
+    res = subprocess.run([sys.executable, "-m", "mmalign_jax.train", "--config",
+                          os.path.join(ROOT, "configs", "dpo.py"), "--config.dpo.betta=0.1"],
+                         cwd=str(tmp_path), env=subprocess_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: --config.dpo.betta: there is no field 'betta' in config.dpo; did you mean "
+        "'beta'? (config.dpo has: beta, label_smoothing, logp_reduction, loss_type, "
+        "reference, sft_weight)"]
+
+    from absl import flags
+    from ml_collections import config_flags
+    from mmalign_jax.runtime import config_override_error
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=fv)
+
+    def err(config_file, *overrides):
+        argv = ["prog", "--config", os.path.join(ROOT, "configs", config_file), *overrides]
+        return config_override_error(fv["config"], argv)
+
+    assert err("generate.py", "--config.sampling.temprature=0.7").startswith(
+        "--config.sampling.temprature: there is no field 'temprature' in config.sampling; "
+        "did you mean 'temperature'?")
+    assert err("pipeline.py", "--config.seed=1", "--config.methds=dpo").startswith(
+        "--config.methds: there is no field 'methds' in config; did you mean 'methods' or "
+        "'method_seeds'?")
+    msg = err("dpo.py", "--config.zzz=1")   # nothing near: every field of the section
+    assert msg.startswith("--config.zzz: there is no field 'zzz' in config (config has: ")
+    assert "optim" in msg and "did you mean" not in msg
+    assert err("dpo.py", "--config.dpo.beta.x=1") == (
+        "--config.dpo.beta.x: config.dpo.beta is a float, not a section with fields")
+    assert err("dpo.py", "--config.dpo.beta=0.2", "--config.optim.lr=1e-4") is None

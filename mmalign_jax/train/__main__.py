@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app, flags
 from ml_collections import config_flags
 
 from mmalign_jax.train import defaults
@@ -31,5 +30,5 @@ def main(argv):
 if __name__ == "__main__":
     from mmalign_jax.runtime import configure_process
     configure_process()   # XLA flags / malloc settings, before JAX starts (runtime.py)
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    from mmalign_jax.runtime import run_config_cli
+    run_config_cli(main)   # --config required; an unknown field is one sentence (runtime.py)
