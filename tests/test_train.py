@@ -523,3 +523,41 @@ def test_demo_sft_stage_takes_the_command_lines_settings():
         assert (s.method, s.train.max_steps, s.optim.lr) == ("sft", 7, 1e-4)
         assert (s.workdir, s.data.source, s.data.data_dir) == ("/w/sft", "tfds", "/d")
         assert (s.prepare, s.data.tokenizer) == ("", "/t")
+
+
+def test_every_numeric_field_is_range_checked_whatever_the_other_settings(tmp_path):
+    """Issue 25, case 3: `optim.lr=-0.002` with LoRA on passed (the check read
+    `lora.enabled or lr > 0`) and trained away from the data; `global_batch_size=0` was a
+    ZeroDivisionError. Each bad value is now one sentence naming the field, its range and
+    the value — before any arithmetic, with LoRA on or off."""
+    cases = [
+        ({"optim.lr": -0.002}, "optim.lr must be a number > 0, got -0.002"),
+        ({"optim.lr": float("nan")}, "optim.lr must be a number > 0, got nan"),
+        ({"optim.lr": float("inf")}, "optim.lr must be a number > 0, got inf"),
+        ({"optim.projector_lr": 0.0}, "optim.projector_lr must be a number > 0, got 0.0"),
+        ({"train.global_batch_size": 0}, "train.global_batch_size must be an integer >= 1, got 0"),
+        ({"train.micro_batch_size": -4}, "train.micro_batch_size must be an integer >= 0"),
+        ({"train.checkpoint_every": 0}, "train.checkpoint_every must be an integer >= 1"),
+        ({"train.log_every": 0}, "train.log_every must be an integer >= 1, got 0"),
+        ({"train.keep_checkpoints": 0}, "train.keep_checkpoints must be an integer >= 1"),
+        ({"lora.rank": 0}, "lora.rank must be an integer >= 1, got 0"),
+        ({"lora.alpha": -1.0}, "lora.alpha must be a number > 0"),
+        ({"lora.dropout": 1.0}, "lora.dropout must be a number in [0, 1)"),
+        ({"optim.b2": 1.0}, "optim.b2 must be a number in [0, 1)"),
+        ({"optim.eps": 0.0}, "optim.eps must be a number > 0"),
+        ({"optim.weight_decay": -0.1}, "optim.weight_decay must be a number >= 0"),
+        ({"data.pair_margin": -1}, "data.pair_margin must be a number >= 0, got -1"),
+        ({"data.response_len": 1}, "data.response_len must be an integer >= 2"),
+        ({"dpo.beta": 0.0}, "dpo.beta must be > 0"),
+        ({"dpo.beta": float("inf")}, "dpo.beta must be > 0"),
+        ({"dpo.label_smoothing": 0.5}, "dpo.label_smoothing must be in [0, 0.5)"),
+        ({"dpo.sft_weight": -1.0}, "dpo.sft_weight must be >= 0"),
+    ]
+    for lora in (True, False):
+        for over, want in cases:
+            c, _ = tiny("dpo", tmp_path, "/data", {"lora.enabled": lora, **over})
+            assert want in _err(c), (lora, over)
+    c, _ = tiny("simpo", tmp_path, "/data", {"simpo.gamma": -0.5})
+    assert "simpo.gamma (the target margin) must be >= 0" in _err(c)
+    c, _ = tiny("simpo", tmp_path, "/data", {"simpo.sft_weight": float("nan")})
+    assert "simpo.sft_weight must be >= 0" in _err(c)

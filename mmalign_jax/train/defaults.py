@@ -6,6 +6,8 @@ anything is compiled and says what to change.
 """
 from __future__ import annotations
 
+import math
+import numbers
 
 import jax
 import ml_collections as mlc
@@ -136,11 +138,7 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False,
     need(c.model.get("attention_impl", "auto") in attention.IMPLS,
          f"model.attention_impl must be one of {'|'.join(attention.IMPLS)}")
     need(c.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule: cosine|linear|constant")
-    need(0 <= c.optim.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
-    need(c.lora.enabled or c.optim.lr > 0, "optim.lr must be > 0")
-    if c.lora.enabled:
-        need(c.lora.rank > 0 and c.lora.alpha > 0, "lora.rank and lora.alpha must be > 0")
-        need(0 <= c.lora.dropout < 1, "lora.dropout must be in [0, 1)")
+    validate_ranges(c, need)
     methods.get(c.method).validate(c, need)
     need(c.data.sft_mode in ("conversation", "best", "steerlm"),
          "data.sft_mode must be conversation|best|steerlm")
@@ -161,3 +159,53 @@ def validate(c: mlc.ConfigDict, n_devices: int, random_init_ok: bool = False,
     need(mb % dp == 0, f"the micro-batch ({mb}) must divide over the data-parallel devices "
          f"(data×fsdp = {dp}): change train.micro_batch_size or mesh.shape")
     need(c.train.max_steps > 0 or c.train.num_epochs > 0, "set train.num_epochs or train.max_steps")
+
+
+# (field, integer?, test, the range in words): every numeric field of the base config.
+_RANGES = (
+    ("seed", True, lambda x: True, "an integer"),
+    ("optim.lr", False, lambda x: x > 0, "> 0"),
+    ("optim.projector_lr", False, lambda x: x > 0, "> 0"),
+    ("optim.warmup_ratio", False, lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("optim.weight_decay", False, lambda x: x >= 0, ">= 0"),
+    ("optim.b1", False, lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("optim.b2", False, lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("optim.eps", False, lambda x: x > 0, "> 0"),
+    ("optim.clip_norm", False, lambda x: x >= 0, ">= 0 (0: no clipping)"),
+    ("lora.rank", True, lambda x: x >= 1, ">= 1"),
+    ("lora.alpha", False, lambda x: x > 0, "> 0"),
+    ("lora.dropout", False, lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("data.max_images", True, lambda x: x >= 1, ">= 1"),
+    ("data.seq_len", True, lambda x: x >= 2, ">= 2"),
+    ("data.prompt_len", True, lambda x: x >= 1, ">= 1"),
+    ("data.response_len", True, lambda x: x >= 2, ">= 2"),
+    ("data.pair_margin", False, lambda x: x >= 0, ">= 0"),
+    ("data.worker_count", True, lambda x: x >= 0, ">= 0 (0: read in this process)"),
+    ("train.global_batch_size", True, lambda x: x >= 1, ">= 1"),
+    ("train.micro_batch_size", True, lambda x: x >= 0, ">= 0 (0: the whole global batch at once)"),
+    ("train.num_epochs", True, lambda x: x >= 0, ">= 0"),
+    ("train.max_steps", True, lambda x: x >= 0, ">= 0 (0: train.num_epochs decides)"),
+    ("train.log_every", True, lambda x: x >= 1, ">= 1"),
+    ("train.eval_every", True, lambda x: x >= 0, ">= 0 (0: no evaluation)"),
+    ("train.eval_batches", True, lambda x: x >= 0, ">= 0 (0: the whole eval split)"),
+    ("train.checkpoint_every", True, lambda x: x >= 1, ">= 1 (the last step is always saved)"),
+    ("train.keep_checkpoints", True, lambda x: x >= 1, ">= 1"),
+)
+
+
+def validate_ranges(c: mlc.ConfigDict, need) -> None:
+    """Each numeric field in its range, whatever the other settings, before any arithmetic
+    uses it: a negative learning rate passed with LoRA on and trained the wrong way, and
+    `train.global_batch_size=0` was a ZeroDivisionError. NaN and infinities are refused too.
+    (The method's own section is checked by its `Method.validate`.)"""
+    for path, integer, ok, words in _RANGES:
+        node = c
+        for key in path.split("."):
+            node = node.get(key) if hasattr(node, "get") else None
+        if node is None:
+            continue          # a config without that field (a caller's own, smaller one)
+        kind = numbers.Integral if integer else numbers.Real
+        good = (isinstance(node, kind) and not isinstance(node, bool)
+                and math.isfinite(node) and ok(node))
+        need(good, f"{path} must be {'an integer' if integer else 'a number'}"
+                   f"{'' if words == 'an integer' else ' ' + words}, got {node!r}")

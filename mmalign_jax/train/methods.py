@@ -14,6 +14,7 @@ variants (IPO, hinge, robust, conservative) are `dpo.loss_type`s. A new method i
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Dict, Optional, Tuple
 
 import ml_collections as mlc
@@ -94,8 +95,15 @@ def _dpo_defaults(c):
     c.dpo.reference = "online"         # online | precomputed
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _dpo_validate(c, need):
-    need(c.dpo.beta > 0, "dpo.beta must be > 0 (the paper uses 0.1)")
+    need(_finite(c.dpo.beta) and c.dpo.beta > 0, "dpo.beta must be > 0 (the paper uses 0.1)")
+    need(_finite(c.dpo.label_smoothing) and 0 <= c.dpo.label_smoothing < 0.5,
+         "dpo.label_smoothing must be in [0, 0.5)")
+    need(_finite(c.dpo.sft_weight) and c.dpo.sft_weight >= 0, "dpo.sft_weight must be >= 0")
     need(c.dpo.loss_type in objectives.LOSS_TYPES,
          f"dpo.loss_type must be {'|'.join(objectives.LOSS_TYPES)}")
     need(c.dpo.reference in ("online", "precomputed"), "dpo.reference: online|precomputed")
@@ -125,9 +133,13 @@ def _simpo_defaults(c):
 
 
 def _simpo_validate(c, need):
-    need(c.simpo.beta > 0, "simpo.beta must be > 0 (the SimPO paper uses 2.0-2.5)")
-    need(c.simpo.gamma >= 0, "simpo.gamma (the target margin) must be >= 0")
-    need(0 <= c.simpo.label_smoothing < 0.5, "simpo.label_smoothing must be in [0, 0.5)")
+    need(_finite(c.simpo.beta) and c.simpo.beta > 0,
+         "simpo.beta must be > 0 (the SimPO paper uses 2.0-2.5)")
+    need(_finite(c.simpo.gamma) and c.simpo.gamma >= 0,
+         "simpo.gamma (the target margin) must be >= 0")
+    need(_finite(c.simpo.label_smoothing) and 0 <= c.simpo.label_smoothing < 0.5,
+         "simpo.label_smoothing must be in [0, 0.5)")
+    need(_finite(c.simpo.sft_weight) and c.simpo.sft_weight >= 0, "simpo.sft_weight must be >= 0")
     _pairs_validate(c, need)
 
 
