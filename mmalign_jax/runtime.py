@@ -36,6 +36,7 @@ exit status 2, instead of the flag parser's traceback.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import sys
@@ -115,3 +116,42 @@ def _missing_field(config, path: str, flag: str) -> Optional[str]:
                     f"({where} has: {', '.join(fields)})")
         node, where = node[key], f"{where}.{key}"
     return None
+
+
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+class _NotRetrieved(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in str(record.msg)
+
+
+def _quiet_closed_loop(previous):
+    def hook(unraisable):
+        if (unraisable.exc_type is RuntimeError
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            return
+        previous(unraisable)
+    hook.mmalign_jax = True
+    return hook
+
+
+def brief_library_errors() -> None:
+    """For entry points whose failures are named in a sentence: what the checkpoint library
+    prints about one failure, trimmed to its one-line messages. Orbax's writer threads log it
+    with its traceback once per thread, asyncio once per abandoned future ("exception was
+    never retrieved"), and tensorstore's callbacks, finding orbax's event loop closed, once
+    per pending write ("Event loop is closed", through `sys.unraisablehook`): a full disk
+    was 53 tracebacks. The failure itself still reaches the main thread, where the entry
+    point names it — or, when it is not one it knows, prints its traceback once."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _NoTraceback) for f in absl_logger.filters):
+        absl_logger.addFilter(_NoTraceback())
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _NotRetrieved) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_NotRetrieved())
+    if not getattr(sys.unraisablehook, "mmalign_jax", False):
+        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)

@@ -15,9 +15,13 @@ is not valid JSON means the file was edited or corrupted by something else and r
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import socket
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 KeyFn = Union[str, Callable[[dict], str]]
@@ -31,25 +35,67 @@ class JobLocked(RuntimeError):
     """Another process holds the job's lock file (it is writing the same output)."""
 
 
-def exclusive_lock(path: str, what: str):
+def exclusive_lock(path: str, what: str, target: Optional[str] = None):
     """An exclusive lock on `path` for the caller's lifetime (close the returned file to
     release it): two jobs appending to one output would redo and interleave each other's
-    rows. The OS drops the lock when the process dies (kill -9 included), so a crashed job
-    never blocks its rerun. `what` names the job in the error ("annotation job", ...)."""
+    rows, two training runs on one workdir would write the same checkpoints. The OS drops
+    the lock when the process dies (kill -9 included), so a crashed job never blocks its
+    rerun: a stale lock file is simply taken over. The holder writes its pid, host and start
+    time into the file, so a refused job can say who holds it. `what` names the job in the
+    error ("annotation job", ...); `target` what it writes (default: `path` less `.lock`)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = open(path, "a")
+    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
     try:
         import fcntl
     except ImportError:   # not POSIX: no lock, the rest still works
         return f
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            # A file system without locks (some network mounts): run unlocked, say so.
+            logging.getLogger(__name__).warning(
+                "cannot lock %s (%s): running without the lock, so nothing stops a second "
+                "%s on the same output", path, e.strerror, what)
+            return f
+        holder, dead = _describe_holder(f)
         f.close()
-        target = path[:-len(".lock")] if path.endswith(".lock") else path
-        raise JobLocked(f"another {what} is writing {target} (it holds {path}); wait for it "
-                        "to finish or stop it, then rerun") from None
+        if target is None:
+            target = path[:-len(".lock")] if path.endswith(".lock") else path
+        then = ("that process is no longer running, so one it started (a data-loader worker?) "
+                "still holds the lock: stop it, then rerun" if dead else
+                "wait for it to finish or stop it, then rerun")
+        raise JobLocked(f"another {what} is writing {target} ({holder} holds {path}); "
+                        f"{then}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                        "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    f.flush()
     return f
+
+
+def _describe_holder(f) -> tuple:
+    """('pid 123 on host h since ...', whether that pid is known dead) from the lock file
+    the holder wrote."""
+    try:
+        f.seek(0)
+        info = json.loads(f.read() or "{}")
+        pid, host = int(info["pid"]), str(info["host"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return "a process that did not write its pid", False
+    text = f"pid {pid} on host {host}" + (f" since {info['since']}" if info.get("since") else "")
+    return text, host == socket.gethostname() and not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class JsonlStore:

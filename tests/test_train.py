@@ -295,6 +295,7 @@ def uninterrupted(tmp_path_factory, data_dir):
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, uninterrupted):
     _, ov_a, rows_a = uninterrupted
     assert [r["step"] for r in rows_a] == [1, 2, 3, 4, 5, 6]
+    assert [r["stalled_steps"] for r in rows_a] == [0] * 6   # a live run is not called dead
 
     ov = {**ov_a, "workdir": str(tmp_path / "b")}
     ckpt_dir = os.path.join(ov["workdir"], "checkpoints")

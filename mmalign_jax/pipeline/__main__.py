@@ -15,12 +15,15 @@ def main(argv):
                         datefmt="%H:%M:%S", force=True)
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mmalign_jax.runtime import brief_library_errors
+    brief_library_errors()   # orbax's threads: their message, not 50 tracebacks
     from mmalign_jax.pipeline import recipe
+    from mmalign_jax.store import JobLocked
     from mmalign_jax.train import defaults, loop
     try:
         recipe.run(_CONFIG.value)
     except (recipe.PipelineError, defaults.ConfigError, loop.TrainingDiverged,
-            FileNotFoundError) as e:
+            loop.WorkdirError, JobLocked, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

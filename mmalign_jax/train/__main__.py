@@ -19,10 +19,14 @@ def main(argv):
                         datefmt="%H:%M:%S", force=True)
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mmalign_jax.runtime import brief_library_errors
+    brief_library_errors()   # orbax's threads: their message, not 50 tracebacks
+    from mmalign_jax.store import JobLocked
     from mmalign_jax.train import loop
     try:
         loop.train(_CONFIG.value)
-    except (defaults.ConfigError, loop.TrainingDiverged, FileNotFoundError) as e:
+    except (defaults.ConfigError, loop.TrainingDiverged, loop.WorkdirError, JobLocked,
+            FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

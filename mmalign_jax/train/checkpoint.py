@@ -14,6 +14,19 @@ from mmalign_jax.data import loader as loader_lib
 from mmalign_jax.loading import restore_trainable  # noqa: F401  (another run's trained variables)
 
 
+def complete_steps(workdir: str) -> list[int]:
+    """The steps of the finished checkpoints in `<workdir>/checkpoints`, read from the disk:
+    orbax renames a step's folder from `N.orbax-checkpoint-tmp-*` to `N` only once it is
+    complete, so this is what a rerun resumes from, whatever a failed save left behind."""
+    directory = os.path.join(workdir, "checkpoints")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int, every: int, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))

@@ -5,7 +5,9 @@ pipeline (batch layout); this file only wires them together.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmalign_jax import host_malloc, loading, parallel
+from mmalign_jax import host_malloc, loading, parallel, store
 from mmalign_jax.models import lora as lora_lib
 from mmalign_jax.models import registry
 from mmalign_jax.models.family import ModelFamily
@@ -32,6 +34,16 @@ log = logging.getLogger("mmalign_jax.train")
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be written (full disk, read-only, no permission): one sentence that
+    names the problem and the last good checkpoint, instead of the tracebacks of every
+    writer that hit it (orbax's threads, the metrics, TensorBoard)."""
+
+
+# Consecutive steps without an update before a run is called out as not learning.
+STALL_STEPS = 3
 
 
 # ------------------------------------------------------------------------------ model set-up
@@ -203,10 +215,115 @@ def run_eval(run: Run, eval_step, loader_factory, max_batches: int) -> dict:
 
 
 def train(c) -> dict:
-    """Run (or resume) the training described by config `c`; returns the final summary."""
+    """Run (or resume) the training described by config `c`; returns the final summary.
+
+    The workdir is locked for the run (`<workdir>/train.lock`, process 0): a second run on it
+    is refused with `store.JobLocked` naming the holder's pid and host; the OS drops the lock
+    when the holder dies, so a rerun after a crash takes it over. A full disk or a workdir
+    that cannot be written ends the run with `WorkdirError` (one sentence, the last good
+    checkpoint named); the checkpoints already complete stay as they are."""
     parallel.maybe_initialize_distributed()
     defaults.validate(c, jax.device_count())
-    os.makedirs(c.workdir, exist_ok=True)
+    workdir = c.workdir
+    with _disk_errors(workdir):
+        os.makedirs(workdir, exist_ok=True)
+        lock = None
+        if jax.process_index() == 0:
+            lock = store.exclusive_lock(os.path.join(workdir, "train.lock"), "training run",
+                                        target=workdir)
+        try:
+            return _train(c)
+        finally:
+            if lock is not None:
+                lock.close()
+
+
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+_NOT_WRITABLE = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+
+
+@contextlib.contextmanager
+def _disk_errors(workdir: str):
+    """Turns an error caused by the disk (anywhere in the exception's chain: orbax wraps the
+    OSError of its writer threads, or reports only tensorstore's message) into WorkdirError."""
+    try:
+        yield
+    except (WorkdirError, store.JobLocked):
+        raise
+    except Exception as e:
+        msg = _disk_sentence(e, workdir)
+        if msg is None:
+            raise
+        raise WorkdirError(msg) from e
+
+
+def _disk_sentence(exc: BaseException, workdir: str) -> str | None:
+    workdir = os.path.abspath(workdir)
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+        code = e.errno if isinstance(e, OSError) else None
+        path = e.filename if isinstance(e, OSError) and e.filename else None
+        path = os.path.abspath(os.fsdecode(path)) if path is not None else None
+        if code is None:   # a wrapped OSError, or tensorstore's status text
+            low = str(e).lower()
+            code = (errno.ENOSPC if "no space left on device" in low else
+                    errno.EROFS if "read-only file system" in low else None)
+        if code in _DISK_FULL:
+            return _workdir_sentence(f"{_DISK_FULL[code]} while writing "
+                                     f"{path or 'into ' + workdir}", workdir, "free some space")
+        if code in _NOT_WRITABLE:
+            if path is not None and os.path.commonpath([path, workdir]) not in (workdir, path):
+                continue   # neither in nor above the workdir (an input): the error as it is
+            return _workdir_sentence(f"the workdir {workdir} cannot be written ("
+                                     f"{path or workdir}: {_NOT_WRITABLE[code]})", workdir,
+                                     "make it writable", " (or pass another --config.workdir)")
+    return None
+
+
+def _workdir_sentence(problem: str, workdir: str, fix: str, other: str = "") -> str:
+    steps = ckpt_lib.complete_steps(workdir)
+    if steps:
+        where = os.path.join(workdir, "checkpoints", str(steps[-1]))
+        return (f"{problem}; the last good checkpoint is step {steps[-1]} ({where}) — {fix} "
+                f"and rerun the same command to resume from it{other}")
+    return f"{problem}; no checkpoint was written yet — {fix} and rerun the same command{other}"
+
+
+class UpdateWatch:
+    """Counts consecutive steps whose update vanished — a gradient norm of exactly 0, or no
+    trained value changed although the learning rate was at least 1% of its peak (below
+    that, the warm-up's first step, at lr 0, or the decay's tail may round an update away)
+    — and returns a warning when a streak reaches `n` (once per streak). A run with lr=1e6
+    saturated the model, had a gradient norm of 0.0 from step 2 to the end and exited 0
+    without a word."""
+
+    def __init__(self, peak_lr: float, n: int = STALL_STEPS):
+        self.peak_lr, self.n = float(peak_lr), n
+        self.streak, self.since = 0, None
+
+    def __call__(self, step: int, grad_norm: float, changed: bool, lr: float) -> str | None:
+        if not (grad_norm == 0.0 or (not changed and lr >= 0.01 * self.peak_lr)):
+            self.streak = 0
+            return None
+        self.streak += 1
+        if self.streak == 1:
+            self.since = step
+        if self.streak != self.n:
+            return None
+        return (f"step {step}: updates vanished: steps {self.since}-{step} changed no trained "
+                f"value or had a gradient norm of 0 (now {grad_norm:g}); the run is not "
+                f"learning — check optim.lr ({self.peak_lr:g}; too large a rate can saturate "
+                "the model until every gradient is 0) and the data (no target tokens?)")
+
+
+def _train(c) -> dict:
+    """`train` once the workdir is locked."""
     if c.get("prepare"):
         # What the run makes first (e.g. the demo's data and SFT model): a config hook.
         c = _hook(c.prepare)(c)
@@ -264,6 +381,7 @@ def train(c) -> dict:
         writer.write(0, last_metrics)
         log.info("step 0: %s", ", ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
     progress = _progress(c, total_steps, start)
+    watch = UpdateWatch(c.optim.lr)
     local = first
     step = start
     try:
@@ -287,11 +405,16 @@ def train(c) -> dict:
                     "check the data (empty responses?) or use model.dtype=float32.")
             metrics["tokens_per_s"] = metrics.pop("tokens") * jax.process_count() / max(dt, 1e-9)
             metrics["epoch"] = step / max(steps_per_epoch, 1)
+            stalled = watch(step, float(metrics["grad_norm"]),
+                            bool(metrics.pop("params_changed", True)), float(metrics["lr"]))
+            metrics["stalled_steps"] = watch.streak
             last_metrics = metrics
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(_postfix(metrics), refresh=False)
-            if step % c.train.log_every == 0 or step == total_steps:
+            if stalled:
+                log.warning("%s", stalled)
+            if step % c.train.log_every == 0 or step == total_steps or stalled:
                 writer.write(step, metrics)
             if c.train.eval_every and (step % c.train.eval_every == 0 or step == total_steps):
                 ev = run_eval(run, eval_step, data.eval_iterator, c.train.eval_batches)
@@ -377,6 +500,9 @@ def _print_summary(c, s):
     lines = [f"{c.method} finished: {s['steps']} steps in {s['seconds']:.0f}s "
              f"(compile {s.get('compile_seconds')}s)"]
     lines += [f"  {k:24s} {s[k]:.4f}" for k in keys]
+    if s.get("stalled_steps", 0) >= STALL_STEPS:
+        lines.append(f"  warning: the last {int(s['stalled_steps'])} steps did not change the "
+                     "model (updates vanished; see the log)")
     lines += [f"  metrics: {os.path.join(c.workdir, 'metrics.jsonl')}",
               f"  curves:  {s.get('plot')}"]
     print("\n".join(lines), flush=True)

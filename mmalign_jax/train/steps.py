@@ -287,7 +287,8 @@ def accumulate(loss_fn, frozen, ref, trainable, batch, rng, n_micro: int, with_g
 def make_train_step(loss_fn, n_micro: int, lr_fn: Callable):
     """step(state, batch, frozen, ref) → (state, metrics). `ref` is None for precomputed
     reference log-probs. The update is skipped (state kept) when the loss or the gradient
-    norm is not finite; `finite` in the metrics reports it."""
+    norm is not finite; `finite` in the metrics reports it, `params_changed` whether any
+    trained value moved."""
     def step(state: state_lib.TrainState, batch, frozen, ref):
         rng = jax.random.fold_in(state.rng, state.step)
         grads, denom, sums = accumulate(loss_fn, frozen, ref, state.trainable, batch, rng,
@@ -300,7 +301,11 @@ def make_train_step(loss_fn, n_micro: int, lr_fn: Callable):
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         new = state.apply_gradients(grads)
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-        metrics.update(grad_norm=grad_norm, lr=lr_fn(state.step), finite=finite)
+        # Whether the update moved anything: a run whose updates vanish is called out.
+        changed = jnp.any(jnp.stack([jnp.any(a != b) for a, b in zip(
+            jax.tree.leaves(new.trainable), jax.tree.leaves(state.trainable))]))
+        metrics.update(grad_norm=grad_norm, lr=lr_fn(state.step), finite=finite,
+                       params_changed=changed)
         return new, metrics
     return step
 
