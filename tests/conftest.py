@@ -9,7 +9,9 @@ already set), so nothing carries over between runs.
 import atexit
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -42,3 +44,17 @@ def pytest_xdist_auto_num_workers(config):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return max(1, min(cores or 1, int(ram_gib // 4)))
+
+
+def bomb_png(width: int = 12000, height: int = 12000) -> bytes:
+    """A valid 1-bit black PNG of width x height: about 18 KB, while decoding it takes
+    width*height bytes (144 MB for 12000x12000) and preprocessing it as RGB three times that."""
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import bomb_png
 from mmalign_jax.data import images as I
 
 transformers = pytest.importorskip("transformers")
@@ -315,3 +316,58 @@ def test_reduced_pad_canvas_equals_reducing_the_full_canvas():
         fast, box = I._reduced_square(img, k, bg)
         np.testing.assert_array_equal(np.asarray(fast), np.asarray(I.expand2square(img, bg).reduce(k)))
         assert box == (0.0, 0.0, max(w, h) / k, max(w, h) / k)
+
+
+# --------------------------------------------------------- pixel budget (issue 25, case 8)
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Any pixel decoding fails the test: what is refused must be refused from the header."""
+    from PIL import ImageFile
+
+    def load(self):
+        raise AssertionError(f"decoded a {self.size} image")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def test_an_image_over_the_pixel_budget_is_refused_before_decoding(tmp_path, no_decoding):
+    """A 17 KB PNG that decodes to 12000x12000 was accepted with only PIL's warning and took
+    1.3 GB to preprocess; now load_image (LLaVA's path) and both families' preprocessing
+    refuse it from its header, naming it, the size and the budget."""
+    data = bomb_png()
+    assert len(data) < 30_000
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data)
+    want = (f"image {path} is 12000x12000 = 144.0 MP, over the budget of 100 MP per image "
+            "(decoding it alone would take 0.40 GiB as RGB); downscale it, or raise the budget "
+            "with MMALIGN_JAX_MAX_IMAGE_PIXELS=N pixels (0: none)")
+    with pytest.raises(I.ImageTooLarge) as e:
+        I.load_image(path)
+    assert str(e.value) == want and isinstance(e.value, I.ImageLoadError)
+    with pytest.raises(I.ImageTooLarge, match=r"^image rec-3 is 12000x12000"):
+        I.load_image(data, name="rec-3")
+    lazy = I.open_checked(path, "x", max_pixels=0)   # opened, nothing decoded, no budget
+    with pytest.raises(I.ImageTooLarge, match="given to preprocess is 12000x12000"):
+        I.preprocess(lazy, 336)
+    from mmalign_jax.models.qwen2_5_vl import processor
+    with pytest.raises(I.ImageTooLarge, match="given to preprocess is 12000x12000"):
+        processor.preprocess(lazy)
+    from mmalign_jax.generate.candidates import image_size
+    with pytest.raises(ValueError, match="bomb.png is 12000x12000"):
+        image_size(str(path))                     # Qwen prompts: the record is skipped
+
+
+def test_the_pixel_budget_is_configurable(tmp_path, monkeypatch):
+    path = tmp_path / "small.png"
+    Image.fromarray(_rng_image(40, 30, 3)).save(path)
+    assert I.max_image_pixels() == I.DEFAULT_MAX_PIXELS == 100_000_000
+    monkeypatch.setenv(I.MAX_PIXELS_ENV, "1000")
+    with pytest.raises(I.ImageTooLarge, match=r"is 40x30 = 0.0 MP, over the budget of 0.001 MP"):
+        I.load_image(path)
+    monkeypatch.setenv(I.MAX_PIXELS_ENV, "1200")
+    assert I.load_image(path).size == (40, 30)                  # at the budget: fine
+    monkeypatch.setenv(I.MAX_PIXELS_ENV, "0")                   # no budget
+    assert I.pixel_budget_problem((10**5, 10**5)) is None
+    monkeypatch.setenv(I.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ValueError, match="MMALIGN_JAX_MAX_IMAGE_PIXELS='lots'"):
+        I.max_image_pixels()

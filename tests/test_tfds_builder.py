@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -182,3 +183,30 @@ def test_build_cli_keeps_the_good_records_around_a_non_utf8_line(data, tmp_path,
     assert rows["corrupt"]["offset"] == len(bad) + 1 + len(lines[0]) + 1   # line 3
     src = tfds_builder.open_split(str(tmp_path / "out"), "train")
     assert [ex["id"] for ex in src] == ["good0", "text", "good2"]
+
+
+def test_an_image_over_the_pixel_budget_is_a_rejected_record(data, tmp_path):
+    """Issue 25, case 8: a small PNG declaring 12000x12000 pixels was accepted into the
+    dataset; the build now rejects its record (named, counted, the others kept) from the
+    header, and --strict stops at it."""
+    from conftest import bomb_png
+    img = tmp_path / "img"
+    shutil.copytree(data["img"], img)
+    (img / "bomb.png").write_bytes(bomb_png())
+    q = [{"role": "user", "content": "<image>\nWhat colour?"}]
+    rows = [{"id": "ok", "images": ["sub/0.png"], "conversation": q},
+            {"id": "bomb", "images": ["bomb.png"], "conversation": q},
+            {"id": "ok2", "images": ["sub/1.png"], "conversation": q}]
+    path = str(tmp_path / "r.jsonl")
+    records_lib.write_jsonl(path, rows)
+    rej = str(tmp_path / "rej.jsonl")
+    s = tfds_builder.build(path, str(img), str(tmp_path / "out"), reject_path=rej,
+                           progress=False)
+    assert (s.n_read, s.kept, s.skipped) == (3, 2, 1)
+    (row,) = [json.loads(x) for x in open(rej)]
+    assert (row["id"], row["line"]) == ("bomb", 2)
+    assert row["reason"].startswith(f"images[0]: image {img}/bomb.png is 12000x12000 = "
+                                    "144.0 MP, over the budget of 100 MP per image")
+    with pytest.raises(records_lib.RecordError, match=r"r.jsonl:2: record 'bomb': images\[0\]"):
+        tfds_builder.build(path, str(img), str(tmp_path / "strict"), strict=True,
+                           progress=False)

@@ -50,6 +50,17 @@ scaled to 8 bit first: ``I;16*`` by ``round(v / 257)``; ``I`` as 8-bit if its ma
 <= 255, else as 16-bit (clipped to 0..65535); ``F`` multiplied by 255 if its range is
 within [0, 1], else clipped to 0..255.
 
+Pixel budget
+------------
+An image over ``max_image_pixels()`` pixels -- 100 MP by default, above any camera's photo;
+``MMALIGN_JAX_MAX_IMAGE_PIXELS`` sets another budget, ``0`` none -- is refused from its
+header, before anything is decoded (``ImageTooLarge``, an ``ImageLoadError``): a 17 KB PNG
+can declare 12000x12000 pixels and take 1.3 GB to preprocess, one file enough to exhaust a
+host running a data-loader worker per core. ``load_image``, ``preprocess``, the Qwen2.5-VL
+processor and the records' image check (``records.validate_record``, so a dataset build
+rejects such a record, named and counted) all apply it. Above 2 x PIL's own
+``Image.MAX_IMAGE_PIXELS`` (179 MP) PIL refuses to open the file whatever the budget.
+
 EXIF orientation is applied first (``ImageOps.exif_transpose``) unless
 ``exif_transpose=False``. Neither LLaVA nor the HF processor do this; a photo stored
 sideways with an orientation tag is shown upright by every viewer (and to the Gemini
@@ -76,6 +87,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Union
 
@@ -85,11 +97,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_PIXELS_ENV",
     "MODES",
     "ImageLoadError",
+    "ImageTooLarge",
     "background_color",
+    "check_pixels",
     "expand2square",
     "load_image",
+    "max_image_pixels",
+    "open_checked",
+    "pixel_budget_problem",
     "preprocess",
     "preprocess_batch",
     "to_rgb",
@@ -109,6 +128,67 @@ class ImageLoadError(ValueError):
     """An image file or buffer could not be opened or decoded; the message names it."""
 
 
+class ImageTooLarge(ImageLoadError):
+    """The image's header declares more pixels than the budget (module docstring)."""
+
+
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "MMALIGN_JAX_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel budget per image: ``$MMALIGN_JAX_MAX_IMAGE_PIXELS`` when set (``0``: no
+    budget), else ``DEFAULT_MAX_PIXELS``. Read at each call, so data-loader worker processes
+    and a test's ``monkeypatch.setenv`` see the same value as the main process."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r}: give a number of pixels (0: no budget)") from None
+    if value < 0:
+        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r}: give a number of pixels >= 0 (0: no budget)")
+    return value
+
+
+def pixel_budget_problem(size: tuple[int, int], max_pixels: int | None = None) -> str | None:
+    """What is wrong with an image of ``size = (width, height)`` under the budget
+    (``max_pixels``, default ``max_image_pixels()``; 0 = none), or None: "is 12000x12000 =
+    144.0 MP, over the budget of ... per image; ..."."""
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
+    width, height = size
+    if not limit or width * height <= limit:
+        return None
+    return (f"is {width}x{height} = {width * height / 1e6:.1f} MP, over the budget of "
+            f"{limit / 1e6:g} MP per image (decoding it alone would take "
+            f"{width * height * 3 / 2**30:.2f} GiB as RGB); downscale it, or raise the budget "
+            f"with {MAX_PIXELS_ENV}=N pixels (0: none)")
+
+
+def check_pixels(size: tuple[int, int], label: str, max_pixels: int | None = None) -> None:
+    """Raise ``ImageTooLarge`` ("image <label> is WxH = ...") when ``size`` is over the budget
+    (``pixel_budget_problem``). Call it on a header-only ``Image.open``, before ``load()``."""
+    problem = pixel_budget_problem(size, max_pixels)
+    if problem:
+        raise ImageTooLarge(f"image {label} {problem}")
+
+
+def open_checked(fp, label: str, max_pixels: int | None = None) -> Image.Image:
+    """``Image.open(fp)`` -- the header only, nothing decoded -- with the pixel budget
+    checked (``ImageTooLarge``, the file closed). PIL's own ``DecompressionBombWarning`` is
+    silenced: the budget decides."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(fp)
+    try:
+        check_pixels(image.size, label, max_pixels)
+    except ImageTooLarge:
+        image.close()
+        raise
+    return image
+
+
 # --------------------------------------------------------------------------- loading
 def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     """Open and fully decode an image from a path or encoded bytes.
@@ -117,7 +197,8 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     handles both). The pixels are loaded eagerly, so a truncated or corrupt file fails
     here, not later. Errors name the file (or ``name``, e.g. a record id, for bytes):
     ``FileNotFoundError`` for a missing path, ``ImageLoadError`` for anything PIL cannot
-    decode. A ``PIL.Image`` passes through unchanged.
+    decode, ``ImageTooLarge`` (from the header, before decoding) for an image over the
+    pixel budget. A ``PIL.Image`` passes through unchanged.
     """
     if isinstance(source, Image.Image):
         return source
@@ -149,9 +230,11 @@ def _decode(data: bytes, label: str) -> Image.Image:
     if not data:
         raise ImageLoadError(f"cannot decode image {label}: empty file")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = open_checked(io.BytesIO(data), label)
         image.load()
     except _DECODE_ERRORS as e:
+        if isinstance(e, ImageTooLarge):
+            raise
         raise ImageLoadError(f"cannot decode image {label}: {e}") from e
     return image
 
@@ -274,7 +357,8 @@ def preprocess(
 
     ``mode``: ``'pad'`` (LLaVA-1.5 expand2square, the default), ``'crop'`` (plain
     ``CLIPImageProcessor``), ``'resize'`` (squash). ``mean``/``std`` also set the pad
-    colour. See the module docstring for exactness and the large-image reduction.
+    colour. See the module docstring for exactness, the large-image reduction and the
+    pixel budget (``ImageTooLarge``).
     """
     if not isinstance(image, Image.Image):
         raise TypeError(
@@ -289,6 +373,7 @@ def preprocess(
         raise ValueError("mean and std must have 3 entries (RGB)")
     if image.width < 1 or image.height < 1:
         raise ValueError(f"empty image of size {image.size}")
+    check_pixels(image.size, "given to preprocess")
 
     if exif_transpose:
         image = ImageOps.exif_transpose(image)

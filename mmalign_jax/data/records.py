@@ -379,16 +379,26 @@ def parse_row(obj: Any, fmt: str = "auto") -> Record:
 
 # --------------------------------------------------------------------------- validation
 def _check_image(path: str) -> str | None:
-    """None if PIL can open and verify the file, else why not."""
+    """None if PIL can open and verify the file and its header's size is within the pixel
+    budget (``images.pixel_budget_problem``: checked before anything is decoded), else why
+    not."""
     if not os.path.isfile(path):
         return "not found"
+    import warnings
+
+    from PIL import Image
+
+    from .images import pixel_budget_problem
     try:
-        from PIL import Image
-        with Image.open(path) as im:
-            im.verify()
+        with warnings.catch_warnings():   # the pixel budget decides, not PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                problem = pixel_budget_problem(im.size)
+                if problem is None:
+                    im.verify()
     except Exception as e:  # PIL raises many types for broken files
         return f"unreadable ({type(e).__name__}: {e})"
-    return None
+    return problem
 
 
 def validate_record(rec: Record, image_root: str | None = None,

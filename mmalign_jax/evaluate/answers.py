@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -66,17 +65,14 @@ def _image_id(im) -> str:
 
 
 def open_image(im):
-    """A PIL RGB image from a path, encoded bytes, a PIL image or a function returning one."""
-    from PIL import Image
-
+    """A PIL RGB image from a path, encoded bytes, a PIL image or a function returning one;
+    paths and bytes through `images.load_image` (errors that name the file, and the pixel
+    budget checked before decoding)."""
     if callable(im) and not hasattr(im, "convert"):
         im = im()
-    if isinstance(im, (str, os.PathLike)):
-        with Image.open(im) as f:
-            return f.convert("RGB")
-    if isinstance(im, (bytes, bytearray)):
-        with Image.open(io.BytesIO(im)) as f:
-            return f.convert("RGB")
+    if isinstance(im, (str, os.PathLike, bytes, bytearray)):
+        from mmalign_jax.data.images import load_image
+        return load_image(im).convert("RGB")
     return im.convert("RGB")
 
 

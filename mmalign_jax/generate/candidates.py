@@ -268,11 +268,14 @@ def build_prompts(records, gen: Generator, image_root: str, targets: Optional[di
 
 
 def image_size(path: str) -> tuple:
-    """`(width, height)` from the image file's header (nothing decoded); a missing or
-    unreadable file is a ValueError naming it (the record is reported and skipped)."""
+    """`(width, height)` from the image file's header (nothing decoded); a missing,
+    unreadable or over-budget file (`images.check_pixels`) is a ValueError naming it (the
+    record is reported and skipped)."""
     from PIL import Image
+
+    from mmalign_jax.data.images import open_checked
     try:
-        with Image.open(path) as im:
+        with open_checked(path, path) as im:
             return im.size
     except (OSError, Image.UnidentifiedImageError) as e:
         raise ValueError(f"image {path}: {e}") from None

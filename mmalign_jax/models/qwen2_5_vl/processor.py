@@ -207,6 +207,8 @@ def preprocess(image: Image.Image, pcfg: ProcessorConfig = ProcessorConfig()) ->
     (see the module docstring for the steps)."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"preprocess takes a PIL image, got {type(image).__name__}")
+    from mmalign_jax.data.images import check_pixels
+    check_pixels(image.size, "given to preprocess")   # the pixel budget, before decoding
     rgb = _to_rgb(image)
     width, height = rgb.size
     rh, rw = smart_resize(height, width, pcfg.factor, pcfg.min_pixels, pcfg.max_pixels)
