@@ -257,3 +257,45 @@ def test_a_typo_in_a_config_override_is_one_sentence(tmp_path):
     assert err("dpo.py", "--config.dpo.beta.x=1") == (
         "--config.dpo.beta.x: config.dpo.beta is a float, not a section with fields")
     assert err("dpo.py", "--config.dpo.beta=0.2", "--config.optim.lr=1e-4") is None
+
+
+_BRIEF = r"""
+import gc, logging, sys
+from mmalign_jax.runtime import brief_library_errors
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+brief_library_errors()
+try:
+    raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
+except ValueError:
+    logging.getLogger("absl").exception("_SignalingThread.run() raised an exception")
+    logging.getLogger("asyncio").error("Future exception was never retrieved", exc_info=True)
+    logging.getLogger("mmalign_jax.x").exception("ours keeps its traceback")
+
+
+class Dies:   # an exception nobody can catch goes to sys.unraisablehook, as tensorstore's
+    def __init__(self, text):
+        self.text = text
+
+    def __del__(self):
+        raise RuntimeError(self.text)
+
+
+Dies("Event loop is closed")
+Dies("something else")
+gc.collect()
+"""
+
+
+def test_orbax_thread_failures_are_their_message_only():
+    """A full disk was 53 tracebacks: orbax's threads (absl logger), asyncio's abandoned
+    futures and tensorstore's callbacks on orbax's closed event loop (unraisable hook) each
+    printed one. The train/pipeline entry points keep the messages, drop those tracebacks,
+    and leave every other error as it was."""
+    out = subprocess.run([sys.executable, "-c", _BRIEF], env=subprocess_env(), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    err = out.stderr
+    assert "absl: _SignalingThread.run() raised an exception\n" in err
+    assert "never retrieved" not in err and "Event loop is closed" not in err
+    assert "ours keeps its traceback\nTraceback" in err
+    assert "RuntimeError: something else" in err
+    assert err.count("Traceback") == 2, err   # ours, and the other unraisable error
