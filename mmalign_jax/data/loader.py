@@ -23,9 +23,9 @@ How a loader is put together (``make_loader``)::
                                          global batches (within windows of that many)
       [:n] / pad to a multiple of the    finite runs: every host gets the same number of
         global batch                     batches (dropped tail, or weight-0 padding rows)
-      BatchNeeds                         each element learns the largest token length and
-                                         patch count of its *global* batch, so every host
-                                         picks the same padded shapes
+      BatchNeeds                         each element learns the longest prompt/sequence and
+                                         response and the largest image of its *global*
+                                         batch, so every host picks the same shapes
       [shard_index::shard_count]         per host; host h's batch k holds global positions
                                          (kB+j)·H+h, so the *global* batch k is the same
                                          examples whatever the number of hosts
@@ -47,7 +47,8 @@ SFT  ``input_ids`` int32[B,T] right-padded with pad_token_id · ``attention_mask
      longest row. P = the smallest of ``image_buckets`` (default: the family's
      ``image_budgets``) that holds the global batch's largest image.
 DPO  ``prompt_ids`` int32[B,P] LEFT-padded · ``prompt_mask`` int32[B,P]
-     · ``chosen_ids``/``rejected_ids`` int32[B,R] right-padded · ``chosen_mask``/
+     · ``chosen_ids``/``rejected_ids`` int32[B,R] right-padded (R = response_len, or the
+     smallest of ``response_buckets`` that fits) · ``chosen_mask``/
      ``rejected_mask`` int32[B,R] (1 on response tokens, end-of-turn included)
      · image arrays · ``image_mask`` · ``example_index`` · ``weight``
      · ``ref_chosen_logps``/``ref_rejected_logps`` float32[B] when every pair carries
@@ -122,6 +123,7 @@ class LoaderConfig:
     prompt_len: int = 1024
     prompt_buckets: Sequence[int] | None = None
     response_len: int = 1024
+    response_buckets: Sequence[int] | None = None   # as prompt_buckets, for the responses
     truncate_responses: bool = True             # False: too-long responses are skipped
     pad_token_id: int = 0
     batch_size: int = 8                         # per host
@@ -175,8 +177,9 @@ class LoaderConfig:
         else:
             need(self.prompt_len >= 1 and self.response_len >= 1,
                  "prompt_len and response_len must be ≥ 1")
-            if self.prompt_buckets:
-                increasing("prompt_buckets", self.prompt_buckets)
+            for name in ("prompt_buckets", "response_buckets"):
+                if getattr(self, name):
+                    increasing(name, getattr(self, name))
 
     @property
     def max_seq_len(self) -> int:
@@ -185,6 +188,11 @@ class LoaderConfig:
     @property
     def max_prompt_len(self) -> int:
         return int(max(self.prompt_buckets)) if self.prompt_buckets else int(self.prompt_len)
+
+    @property
+    def max_response_len(self) -> int:
+        return (int(max(self.response_buckets)) if self.response_buckets
+                else int(self.response_len))
 
 
 # --------------------------------------------------------------------------- token tables
@@ -224,13 +232,18 @@ class ExampleTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def lengths(self) -> np.ndarray:
-        """int64[N]: what sets the batch's padded length (SFT: input_ids; DPO: the prompt)."""
-        return self.tokens["input_ids" if self.kind == "sft" else "prompt"].lengths()
-
-    def budgets(self) -> np.ndarray:
-        return (np.zeros(len(self), np.int64) if self.patches is None
-                else self.patches.astype(np.int64))
+    def needs(self) -> np.ndarray:
+        """int64[N, 3]: what sets a batch's padded shapes — the token length (SFT:
+        input_ids; DPO: the prompt), the longer response (DPO; 0 for SFT) and the largest
+        image budget."""
+        n = len(self)
+        if self.kind == "sft":
+            length, resp = self.tokens["input_ids"].lengths(), np.zeros(n, np.int64)
+        else:
+            length = self.tokens["prompt"].lengths()
+            resp = np.maximum(self.tokens["chosen"].lengths(), self.tokens["rejected"].lengths())
+        patches = np.zeros(n, np.int64) if self.patches is None else self.patches
+        return np.stack([length, resp, patches], axis=1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- images
@@ -337,8 +350,8 @@ class ImageSpec:
 
 # --------------------------------------------------------------------------- worker-side ops
 class Featurize:
-    """`(global example index or -1 for a padding row, global batch's longest length, its
-    largest image budget)` → one unpadded example dict."""
+    """`(global example index or -1 for a padding row, *the global batch's needs: longest
+    length, longest response, largest image budget)` → one unpadded example dict."""
 
     def __init__(self, table: ExampleTable, record_images: RecordImages, cfg: LoaderConfig,
                  image_loader: Callable = default_image_loader):
@@ -373,11 +386,10 @@ class Featurize:
         return out, mask
 
     def __call__(self, item) -> dict:
-        idx, longest, budget = (int(x) for x in item)
+        idx, *needs = (int(x) for x in item)
         t = self.table
         images, imask = self._images(idx)
-        out = {"images": images, "image_mask": imask, "batch_longest": longest,
-               "batch_budget": budget,
+        out = {"images": images, "image_mask": imask, "batch_needs": needs,
                "example_index": np.int32(idx), "weight": np.float32(idx >= 0)}
         if t.kind == "sft":
             for k in ("input_ids", "target_mask"):
@@ -411,7 +423,7 @@ class Collate:
 
     def _common(self, rows: Sequence[dict]) -> dict:
         c, B = self.cfg, self.cfg.batch_size
-        budget = self.images.bucket(max((r["batch_budget"] for r in rows), default=0))
+        budget = self.images.bucket(max((r["batch_needs"][2] for r in rows), default=0))
         out = self.images.empty(B, c.max_images, budget)
         out.update(image_mask=np.zeros((B, c.max_images), bool),
                    example_index=np.full((B,), -1, np.int32),
@@ -427,7 +439,7 @@ class Collate:
     def __call__(self, rows: Sequence[dict]) -> dict:
         c, B = self.cfg, self.cfg.batch_size
         out = self._common(rows)
-        longest = max((r["batch_longest"] for r in rows), default=0)
+        longest, resp = (max((r["batch_needs"][k] for r in rows), default=0) for k in (0, 1))
         if self.kind == "sft":
             T = _bucket(longest, c.buckets, c.seq_len)
             ids = np.full((B, T), c.pad_token_id, np.int32)
@@ -440,7 +452,8 @@ class Collate:
                 tgt[i, :n] = r["target_mask"]
             out.update(input_ids=ids, attention_mask=att, target_mask=tgt)
             return out
-        P, R = _bucket(longest, c.prompt_buckets, c.prompt_len), c.response_len
+        P = _bucket(longest, c.prompt_buckets, c.prompt_len)
+        R = _bucket(resp, c.response_buckets, c.response_len)
         p_ids = np.full((B, P), c.pad_token_id, np.int32)
         p_mask = np.zeros((B, P), np.int32)
         resp = {k: (np.full((B, R), c.pad_token_id, np.int32), np.zeros((B, R), np.int32))
@@ -489,9 +502,9 @@ class PadTo(grain.MapDataset):
 
 
 class _Windowed(grain.MapDataset):
-    """Base of the order-aware stages below: element k is computed from a window of the
-    parent's elements, cached per window (deterministic, so a cache miss in another
-    thread or worker process computes the same)."""
+    """Base of the order-aware stages below: element k is computed from the window of the
+    parent's elements holding it (`_range`), cached per window (deterministic, so a cache
+    miss in another thread or worker process computes the same)."""
 
     _CACHE = 4
 
@@ -507,70 +520,87 @@ class _Windowed(grain.MapDataset):
     def __getstate__(self):
         return {**self.__dict__, "_cache": {}}
 
-    def _block(self, w: int):
-        got = self._cache.get(w)
+    def _range(self, index: int) -> tuple[int, int]:
+        """[lo, hi): the window holding `index`."""
+        lo = index // self._window * self._window
+        return lo, min(lo + self._window, self._n)
+
+    def _block(self, lo: int, hi: int):
+        got = self._cache.get(lo)
         if got is None:
-            lo = w * self._window
-            got = self._compute(w, [self._parent[i] for i in range(lo, min(lo + self._window,
-                                                                           self._n))])
+            got = self._compute(lo, [self._parent[i] for i in range(lo, hi)])
             if len(self._cache) >= self._CACHE:
                 self._cache.pop(next(iter(self._cache)), None)
-            self._cache[w] = got
+            self._cache[lo] = got
         return got
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
         index = int(index)
-        return self._item(self._block(index // self._window), index % self._window)
+        lo, hi = self._range(index)
+        return self._item(self._block(lo, hi), index - lo)
 
 
 class GroupBySize(_Windowed):
-    """Reorder each window of `batches` global batches of the parent (shuffled example
-    indices) so that global batches hold examples of similar size: sorted by (patches,
-    tokens), cut into global batches, the batches in a random order (seed, window). A
-    window's last `len % global_batch` examples keep their place (what `drop_remainder`
-    drops stays a random choice)."""
+    """Reorder the parent (shuffled example indices, `epoch` of them per epoch) within
+    windows of `batches` global batches so that global batches hold examples of similar
+    size: sorted by (patches, tokens, response tokens), cut into global batches, the
+    batches in a random order (seeded by the window's start). Windows start at global
+    batch boundaries and never cross an epoch (an example never meets itself in a batch),
+    so an epoch's first and last windows may be shorter; positions of a window that do not
+    fill a whole global batch keep their place (what `drop_remainder` drops stays a random
+    choice)."""
 
-    def __init__(self, parent, batches: int, global_batch: int, patches: np.ndarray,
-                 lengths: np.ndarray, seed: int):
+    def __init__(self, parent, batches: int, global_batch: int, needs: np.ndarray, seed: int,
+                 epoch: int):
         super().__init__(parent, int(batches) * int(global_batch))
-        self._gb, self._seed = int(global_batch), int(seed)
-        self._patches, self._lengths = patches, lengths
+        self._gb, self._seed, self._epoch = int(global_batch), int(seed), int(epoch)
+        self._needs = needs
 
-    def _compute(self, w: int, block: list):
+    def _range(self, index: int) -> tuple[int, int]:
+        start = index // self._epoch * self._epoch
+        end = min(start + self._epoch, self._n)
+        first = -(-start // self._gb) * self._gb    # windows start at global batch bounds
+        if index < first:   # the epoch's first positions finish a global batch: as they are
+            return start, min(first, end)
+        lo = first + (index - first) // self._window * self._window
+        return lo, min(lo + self._window, end)
+
+    def _compute(self, lo: int, block: list):
         whole = len(block) // self._gb * self._gb
         head = np.asarray(block[:whole], np.int64)
-        order = np.lexsort((self._lengths[head], self._patches[head]))
+        n = self._needs[head]
+        order = np.lexsort((n[:, 1], n[:, 0], n[:, 2]))   # by patches, then tokens
         chunks = head[order].reshape(-1, self._gb)
-        perm = np.random.default_rng([self._seed, w]).permutation(len(chunks))
+        perm = np.random.default_rng([self._seed, lo]).permutation(len(chunks))
         return np.concatenate([chunks[perm].reshape(-1), np.asarray(block[whole:], np.int64)])
 
     def _item(self, block, i):
         return int(block[i])
 
     def __str__(self):
-        return f"GroupBySize(window={self._window})"
+        return f"GroupBySize(window={self._window}, epoch={self._epoch})"
 
 
 class BatchNeeds(_Windowed):
-    """Element k → `(example index, longest length, largest image budget)` of the global
-    batch holding k (padding elements, -1, count for nothing): every host pads its part
-    of a global batch to the same shapes."""
+    """Element k → `(example index, *needs)`: the column maxima of `needs [N, K]`
+    (`ExampleTable.needs`) over the global batch holding k (padding elements, -1, count for
+    nothing), so every host pads its part of a global batch to the same shapes."""
 
-    def __init__(self, parent, global_batch: int, lengths: np.ndarray, patches: np.ndarray):
+    def __init__(self, parent, global_batch: int, needs: np.ndarray):
         super().__init__(parent, global_batch)
-        self._lengths, self._patches = lengths, patches
+        self._needs = needs
 
-    def _compute(self, w: int, block: list):
+    def _compute(self, lo: int, block: list):
         idx = np.asarray([i for i in block if i >= 0], np.int64)
-        if not idx.size:
-            return block, 0, 0
-        return block, int(self._lengths[idx].max()), int(self._patches[idx].max())
+        top = (self._needs[idx].max(axis=0) if idx.size
+               else np.zeros(self._needs.shape[1], np.int64))
+        return block, tuple(int(x) for x in top)
 
     def _item(self, block, i):
-        members, longest, budget = block
-        return (int(members[i]), longest, budget)
+        members, top = block
+        return (int(members[i]),) + top
 
     def __str__(self):
         return f"BatchNeeds(global_batch={self._window})"
@@ -724,7 +754,7 @@ def _dpo_table(recs, cfg: LoaderConfig, tokenizer, skipped: list, truncated: lis
     refs: dict[str, list] = {"chosen": [], "rejected": []}
     have_refs = bool(prs) and all(p.get("ref_chosen_logp") is not None
                                   and p.get("ref_rejected_logp") is not None for p in prs)
-    R = cfg.response_len
+    R = cfg.max_response_len
     for p in prs:
         n_img = len(p["images"])
         if n_img > cfg.max_images:
@@ -1003,9 +1033,9 @@ def make_loader(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
     if pcfg.shuffle:
         ds = ds.shuffle(seed=pcfg.seed)
     ds = ds.repeat(pcfg.num_epochs)
-    lengths, budgets = table.lengths(), table.budgets()
+    needs = table.needs()
     if pcfg.group_by_size:
-        ds = GroupBySize(ds, pcfg.group_by_size, gb, budgets, lengths, pcfg.seed)
+        ds = GroupBySize(ds, pcfg.group_by_size, gb, needs, pcfg.seed, epoch=n)
     if pcfg.num_epochs is not None:
         total = len(ds)
         if pcfg.drop_remainder:
@@ -1015,7 +1045,7 @@ def make_loader(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
             ds = ds[: total // gb * gb]
         elif total % gb:
             ds = PadTo(ds, -(-total // gb) * gb)
-    ds = BatchNeeds(ds, gb, lengths, budgets)
+    ds = BatchNeeds(ds, gb, needs)
     ds = ds[shard_index::shard_count]
     ds = ds.map(Featurize(table, rec_images, pcfg, image_loader))
     ds = ds.batch(pcfg.batch_size, drop_remainder=pcfg.drop_remainder,

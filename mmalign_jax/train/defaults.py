@@ -71,6 +71,7 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.data.prompt_len = 128            # DPO: prompt (image tokens included), left padded
     c.data.prompt_buckets = ()         # DPO: as seq_buckets, for prompts; () = prompt_len
     c.data.response_len = 64           # DPO: each response, right padded
+    c.data.response_buckets = ()       # DPO: as seq_buckets, for responses; () = response_len
     c.data.image_buckets = ()          # native-resolution models (Qwen2.5-VL): patch budgets
                                        # of a batch's image slots; () = the family's
     c.data.group_by_size = 0           # > 0: batch examples of similar size together, within
