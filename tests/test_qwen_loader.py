@@ -47,7 +47,7 @@ def env(tmp_path_factory):
     tfds_builder.build(paths, img, os.path.join(root, "tfds"), strict=True, progress=False)
     cfg = loader_lib.LoaderConfig(
         template="qwen2_vl", image_mode="native", image_token_id=CFG.image_token_id,
-        family="qwen2_5_vl", model_config=CFG, seq_len=None, buckets=(64, 96, 128, 160),
+        family=FAMILY, model_config=CFG, seq_len=None, buckets=(64, 96, 128, 160),
         prompt_len=112, response_len=64, pad_token_id=1006, batch_size=4, num_epochs=1,
         drop_remainder=False, read_threads=2)
     return {"src": {k: tfds_builder.open_split(os.path.join(root, "tfds"), k)

@@ -97,16 +97,16 @@ class LoaderConfig:
     """Everything that shapes the batches. Lengths are in tokens, images included."""
 
     template: str = "vicuna_v1"
-    # Images without a model family (`family` = ''): LLaVA's fixed square images.
+    # Images without a model family (`family` None): LLaVA's fixed square images.
     image_size: int = 336
     image_mode: str = "pad"
     image_token_id: int = 32000
     num_image_tokens: int = 576
-    # The model family (a `models.registry` name) and its config: images are then made,
-    # counted and batched by the family (`preprocess_image`, `image_tokens`, `empty_images`;
-    # image_size / num_image_tokens unused). Names and frozen configs pickle into grain
-    # workers; the family itself is looked up there.
-    family: str = ""
+    # The model family (a `models.family.ModelFamily`) and its config: images are then
+    # made, counted and batched by the family (`preprocess_image`, `image_tokens`,
+    # `empty_images`; image_size / num_image_tokens unused). A family pickles as its
+    # registry name (grain workers look it up), a config as itself.
+    family: Any = None
     model_config: Any = None
     # Native-resolution families: the patch budgets of a batch's image slots (increasing;
     # each batch takes the smallest that holds its largest image). None: the family's.
@@ -158,9 +158,9 @@ class LoaderConfig:
         need(self.num_epochs is None or self.num_epochs >= 1,
              f"num_epochs must be ≥ 1 or None (forever), got {self.num_epochs}")
         need(self.group_by_size >= 0, f"group_by_size must be ≥ 0, got {self.group_by_size}")
-        if self.family:
+        if self.family is not None:
             need(self.model_config is not None,
-                 f"family {self.family!r} needs model_config (the family's model config)")
+                 f"family {self.family.name!r} needs model_config (the family's model config)")
         else:
             need(self.image_size >= 1, f"image_size must be ≥ 1, got {self.image_size}")
             need(self.num_image_tokens >= 1, "num_image_tokens must be ≥ 1")
@@ -285,30 +285,19 @@ def default_image_loader(ref):
 
 class ImageSpec:
     """How a loader makes, counts and batches images: the model family's functions
-    (`LoaderConfig.family`) or, without one, LLaVA's fixed `image_size` squares.
-    Picklable: the family is looked up by name where it is first used."""
+    (`LoaderConfig.family`) or, without one, LLaVA's fixed `image_size` squares."""
 
     def __init__(self, cfg: LoaderConfig):
         self.cfg = cfg
-        self._family = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_family": None}
-
-    @property
-    def family(self):
-        if self._family is None and self.cfg.family:
-            from mmalign_jax.models import registry
-            self._family = registry.get(self.cfg.family)
-        return self._family
+        self.family = cfg.family
 
     @property
     def native(self) -> bool:
         """Token counts and patch budgets depend on each image's size."""
-        return bool(self.cfg.family) and self.family.native_resolution
+        return self.family is not None and bool(self.family.native_resolution)
 
     def tokens(self, size=None) -> int:
-        if not self.cfg.family:
+        if self.family is None:
             return int(self.cfg.num_image_tokens)
         return int(self.family.image_tokens(self.cfg.model_config, size))
 
@@ -336,16 +325,22 @@ class ImageSpec:
 
     def preprocess(self, image) -> dict:
         c = self.cfg
-        if not c.family:
+        if self.family is None:
             return {"pixel_values": images_lib.preprocess(image, c.image_size, mode=c.image_mode)}
         return self.family.preprocess_image(c.model_config, image, c.image_mode)
 
     def empty(self, batch: int, slots: int, budget: int) -> dict:
         c = self.cfg
-        if not c.family:
+        if self.family is None:
             return {"pixel_values": np.zeros((batch, slots, c.image_size, c.image_size, 3),
                                              np.float32)}
         return self.family.empty_images(c.model_config, batch, slots, budget)
+
+    def place(self, slots: dict, row: int, slot: int, arrays: dict) -> None:
+        if self.family is None:
+            slots["pixel_values"][row, slot] = arrays["pixel_values"]
+        else:
+            self.family.place_image(slots, row, slot, arrays)
 
 
 # --------------------------------------------------------------------------- worker-side ops
@@ -428,10 +423,9 @@ class Collate:
         out.update(image_mask=np.zeros((B, c.max_images), bool),
                    example_index=np.full((B,), -1, np.int32),
                    weight=np.zeros((B,), np.float32))
-        from mmalign_jax.models.family import place_image
         for i, r in enumerate(rows):
             for j, arrays in enumerate(r["images"]):
-                place_image(out, i, j, arrays)
+                self.images.place(out, i, j, arrays)
             for k in ("image_mask", "example_index", "weight"):
                 out[k][i] = r[k]
         return out

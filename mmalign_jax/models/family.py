@@ -110,6 +110,17 @@ class ModelFamily:
             raise ValueError(f"{self.name}: unknown model preset {name!r}; known presets: "
                              f"{', '.join(self.presets)}") from None
 
+    def __reduce__(self):
+        """Pickled as its registry name (the table's function fields include lambdas):
+        what a grain worker process unpickles is the registered family of that name."""
+        from mmalign_jax.models import registry
+        return (registry.get, (self.name,))
+
+    def place_image(self, slots: Mapping[str, Any], row: int, slot: int,
+                    arrays: Mapping[str, Any]) -> None:
+        """The module's `place_image`, for callers that hold only the family."""
+        place_image(slots, row, slot, arrays)
+
     def group_regex(self, role: str) -> Optional[str]:
         return self.param_groups.get(role)
 

@@ -58,7 +58,7 @@ class TrainData:
         return loader_lib.LoaderConfig(
             template=data.template or family.default_template,
             image_mode=data.image_mode or family.default_image_mode,
-            image_token_id=cfg.image_token_id, family=family.name, model_config=cfg,
+            image_token_id=cfg.image_token_id, family=family, model_config=cfg,
             image_buckets=tuple(data.get("image_buckets", ())) or None,
             group_by_size=int(data.get("group_by_size", 0)),
             max_images=data.max_images, seq_len=data.seq_len,
