@@ -41,4 +41,6 @@ def apply_qwen(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
     c.data.image_mode = ""
     c.data.template = ""
     c.data.group_by_size = 16
+    # ≤ 1280 image tokens (Qwen's suggested bound; the hub's preprocessor allows 16384)
+    c.model.image_max_pixels = 28 * 28 * 1280
     return c

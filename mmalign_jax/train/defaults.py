@@ -34,6 +34,8 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.model.remat_policy = "none"      # none | full | dots | dots_no_batch
     c.model.attention_impl = "auto"    # auto | dot_product | chunked (models/attention.py)
     c.model.vision_init = ""           # random init only: a vision tower file (flax msgpack)
+    c.model.image_min_pixels = 0       # native-resolution models (Qwen2.5-VL): the image
+    c.model.image_max_pixels = 0       # processor's bounds; 0 = the checkpoint's / preset's
 
     c.lora = mlc.ConfigDict()
     c.lora.enabled = True
