@@ -14,6 +14,10 @@ mmalign_jax.pipeline`: done once, skipped on rerun, rerun when their settings ch
 
 It returns the config to train: ordinary `data.data_dir`, `data.tokenizer`,
 `model.init_from` / `model.vision_init` values, nothing the core interprets specially.
+
+The `qwen2.5-vl-demo` presets (`apply_qwen_sft`, `apply_qwen_pairs`) run the same stages for
+a tiny Qwen2.5-VL: images of mixed sizes (`c.data.demo.image_sizes`), the Qwen tokenizer
+(`c.data.demo.tokenizer = 'qwen'`), no vision pretraining (the SFT stage trains the tower).
 """
 from __future__ import annotations
 
