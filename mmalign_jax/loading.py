@@ -41,7 +41,8 @@ def model_family(c) -> ModelFamily:
 
 
 def model_config(c):
-    """The model config of training config `c`, with its numerics and LoRA settings."""
+    """The model config of training config `c`, with its numerics and LoRA settings (and,
+    for native-resolution families, `model.image_min_pixels` / `image_max_pixels`)."""
     family = model_family(c)
     if c.model.hf_checkpoint:
         cfg = family.config_from_hf(os.path.join(c.model.hf_checkpoint, "config.json"))
@@ -52,6 +53,13 @@ def model_config(c):
         lora = LoraConfig(rank=c.lora.rank, alpha=float(c.lora.alpha),
                           dropout=float(c.lora.dropout),
                           target_regex=c.lora.target_regex or family.lora_target_regex)
+    pixels = {k: int(c.model.get(f"image_{k}", 0) or 0) for k in ("min_pixels", "max_pixels")}
+    if any(pixels.values()):
+        if not hasattr(cfg, "image"):
+            raise ValueError(f"model.image_min_pixels / image_max_pixels: {family.name} images "
+                             "have a fixed size; leave them 0")
+        cfg = cfg.replace(image=dataclasses.replace(
+            cfg.image, **{k: v for k, v in pixels.items() if v}))
     return cfg.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
                        remat_policy=c.model.remat_policy, lora=lora,
                        # configs written before this setting existed: the default

@@ -1,12 +1,14 @@
 """The obvious DPO log-probs, to check the trainer's shared-prefix pass against.
 
 One full forward per [prompt | response] sequence (prompt padding removed, right padded,
-the image encoded for each sequence), then the response tokens' log-probs summed."""
+the image encoded for each sequence, positions the model's own from the ids and mask), then
+the response tokens' log-probs summed. Any model family: its image keys come from the batch."""
 from __future__ import annotations
 
 import numpy as np
 
 from mmalign_jax import objectives
+from mmalign_jax.models import registry
 
 
 def naive_dpo_logps(model, variables, batch, pad_id: int = 0):
@@ -27,7 +29,8 @@ def naive_dpo_logps(model, variables, batch, pad_id: int = 0):
             ids[row, :len(seq)] = seq
             att[row, :len(seq)] = 1
             predicts[row, len(prompt) - 1:len(seq) - 1] = 1
-    pix = np.concatenate([batch["pixel_values"]] * 2)
+    family = registry.for_config(model.cfg)
+    pix = family.model_images({k: np.concatenate([batch[k]] * 2) for k in family.image_keys})
     imask = np.concatenate([batch["image_mask"]] * 2)
     logits = model.apply(variables, ids, pix, att, image_mask=imask)
     tok = objectives.token_logps(logits[:, :-1], ids[:, 1:])

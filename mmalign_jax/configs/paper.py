@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections as mlc
 
 PRESETS = ("llava-1.5-7b", "llava-1.5-13b")
+QWEN_PRESETS = ("qwen2.5-vl-3b", "qwen2.5-vl-7b")
 
 
 def apply(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
@@ -28,4 +29,18 @@ def apply(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
     c.train.eval_every = 50
     c.train.checkpoint_every = 50
     c.mesh.shape = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    return c
+
+
+def apply_qwen(c: mlc.ConfigDict, preset: str) -> mlc.ConfigDict:
+    """The same recipe for Qwen2.5-VL (3B / 7B, loaded from `model.hf_checkpoint`): the
+    family's template (`qwen2_vl`) and native-resolution images; the patch merger is the
+    projector, the ViT stays frozen. Images of mixed sizes: the family's patch buckets,
+    batches grouped by size (docs/PERFORMANCE.md, "Qwen2.5-VL: dynamic resolution")."""
+    apply(c, preset)
+    c.data.image_mode = ""
+    c.data.template = ""
+    c.data.group_by_size = 16
+    # ≤ 1280 image tokens (Qwen's suggested bound; the hub's preprocessor allows 16384)
+    c.model.image_max_pixels = 28 * 28 * 1280
     return c

@@ -12,34 +12,52 @@ How a loader is put together (``make_loader``)::
       ``loader.skipped`` (id, reason) and logged; a DPO response longer than
       ``response_len`` is cut at the end (``truncate_responses=True``, listed in
       ``loader.truncated``) or skipped.  Token ids are kept in flat numpy arrays.
+      Each image takes the model family's token count; for native-resolution families
+      (Qwen2.5-VL) it depends on the image's size, read from its header (nothing decoded),
+      and so does the image's patch budget.
 
     grain.MapDataset.range(N)            global example order:
       .shuffle(seed)                     a permutation per epoch (repeat reseeds each epoch)
       .repeat(num_epochs)                None = forever
+      [GroupBySize]                      group_by_size > 0: examples of similar size share
+                                         global batches (within windows of that many)
       [:n] / pad to a multiple of the    finite runs: every host gets the same number of
         global batch                     batches (dropped tail, or weight-0 padding rows)
+      BatchNeeds                         each element learns the longest prompt/sequence and
+                                         response and the largest image of its *global*
+                                         batch, so every host picks the same shapes
       [shard_index::shard_count]         per host; host h's batch k holds global positions
                                          (kB+j)·H+h, so the *global* batch k is the same
                                          examples whatever the number of hosts
-      .map(Featurize)                    images: load → images.preprocess; tokens from table
-      .batch(B, batch_fn=Collate)        pad to fixed shapes
+      .map(Featurize)                    images: load → the family's preprocess_image;
+                                         tokens from the table
+      .batch(B, batch_fn=Collate)        pad to the batch's shapes
       .to_iter_dataset(ReadOptions)      threads; .mp_prefetch(...) when worker_count > 0
 
-Batches (numpy; B = batch_size per host, I = max_images, S = image_size):
+Batches (numpy; B = batch_size per host, I = max_images):
 
 SFT  ``input_ids`` int32[B,T] right-padded with pad_token_id · ``attention_mask`` int32[B,T]
      · ``target_mask`` bool[B,T] (True where input_ids[t] is a trained target token)
-     · ``pixel_values`` float32[B,I,S,S,3] · ``image_mask`` bool[B,I]
+     · the family's image arrays (``empty_images``: LLaVA ``pixel_values``
+     float32[B,I,S,S,3]; Qwen2.5-VL ``pixel_values`` float32[B,I,P,1176] and
+     ``image_grid_thw`` int32[B,I,3]) · ``image_mask`` bool[B,I]
      · ``example_index`` int32[B] (into ``loader.example_ids``; -1 on padding rows)
      · ``weight`` float32[B] (1 real row, 0 padding row).
-     T = seq_len, or with ``buckets`` the smallest bucket that fits the batch's longest row.
+     T = seq_len, or with ``buckets`` the smallest bucket that fits the global batch's
+     longest row. P = the smallest of ``image_buckets`` (default: the family's
+     ``image_budgets``) that holds the global batch's largest image.
 DPO  ``prompt_ids`` int32[B,P] LEFT-padded · ``prompt_mask`` int32[B,P]
-     · ``chosen_ids``/``rejected_ids`` int32[B,R] right-padded · ``chosen_mask``/
+     · ``chosen_ids``/``rejected_ids`` int32[B,R] right-padded (R = response_len, or the
+     smallest of ``response_buckets`` that fits) · ``chosen_mask``/
      ``rejected_mask`` int32[B,R] (1 on response tokens, end-of-turn included)
-     · ``pixel_values`` · ``image_mask`` · ``example_index`` · ``weight``
+     · image arrays · ``image_mask`` · ``example_index`` · ``weight``
      · ``ref_chosen_logps``/``ref_rejected_logps`` float32[B] when every pair carries
      ``ref_chosen_logp``/``ref_rejected_logp`` or ``ref_logps=`` is given.
-Text-only examples: image_mask all False, pixel_values zero.
+     P = prompt_len, or with ``prompt_buckets`` the smallest that fits the global batch.
+Text-only examples: image_mask all False, image arrays zero.
+
+So a dataset of mixed image sizes compiles at most len(buckets) × len(image_buckets)
+programs per step function; ``loader_stats`` counts shapes and padding.
 
 Resume: ``loader.get_state()`` / ``loader.set_state(state)`` (JSON-serializable; wraps grain's
 iterator state with a fingerprint of the example list and the order-defining config, so a
@@ -79,17 +97,33 @@ class LoaderConfig:
     """Everything that shapes the batches. Lengths are in tokens, images included."""
 
     template: str = "vicuna_v1"
+    # Images without a model family (`family` None): LLaVA's fixed square images.
     image_size: int = 336
     image_mode: str = "pad"
     image_token_id: int = 32000
     num_image_tokens: int = 576
+    # The model family (a `models.family.ModelFamily`) and its config: images are then
+    # made, counted and batched by the family (`preprocess_image`, `image_tokens`,
+    # `empty_images`; image_size / num_image_tokens unused). A family pickles as its
+    # registry name (grain workers look it up), a config as itself.
+    family: Any = None
+    model_config: Any = None
+    # Native-resolution families: the patch budgets of a batch's image slots (increasing;
+    # each batch takes the smallest that holds its largest image). None: the family's.
+    image_buckets: Sequence[int] | None = None
+    # > 0: examples are grouped by size (patches, then tokens) within windows of this many
+    # global batches, so a batch's images and rows are alike and pad little; the order of
+    # the batches in a window is random (seeded). 0: plain shuffled order.
+    group_by_size: int = 0
     max_images: int = 1                         # I; examples with more images are skipped
     # SFT: fixed length, or buckets (each batch padded to the smallest that fits it).
     seq_len: int | None = 2048
     buckets: Sequence[int] | None = None
-    # DPO
+    # DPO: prompt_len, or prompt_buckets (each batch: the smallest that fits its prompts)
     prompt_len: int = 1024
+    prompt_buckets: Sequence[int] | None = None
     response_len: int = 1024
+    response_buckets: Sequence[int] | None = None   # as prompt_buckets, for the responses
     truncate_responses: bool = True             # False: too-long responses are skipped
     pad_token_id: int = 0
     batch_size: int = 8                         # per host
@@ -112,31 +146,53 @@ class LoaderConfig:
         def need(cond, msg):
             if not cond:
                 raise ValueError(f"LoaderConfig: {msg}")
+
+        def increasing(name, b):
+            b = list(b)
+            need(all(int(x) >= 1 for x in b) and b == sorted(set(b)),
+                 f"{name} must be increasing positive sizes, got {b}")
         need(kind in KINDS, f"kind must be one of {KINDS}, got {kind!r}")
         need(self.max_images >= 1, f"max_images must be ≥ 1, got {self.max_images}")
-        need(self.image_size >= 1, f"image_size must be ≥ 1, got {self.image_size}")
         need(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}")
         need(self.worker_count >= 0, f"worker_count must be ≥ 0, got {self.worker_count}")
         need(self.num_epochs is None or self.num_epochs >= 1,
              f"num_epochs must be ≥ 1 or None (forever), got {self.num_epochs}")
-        need(self.num_image_tokens >= 1, "num_image_tokens must be ≥ 1")
+        need(self.group_by_size >= 0, f"group_by_size must be ≥ 0, got {self.group_by_size}")
+        if self.family is not None:
+            need(self.model_config is not None,
+                 f"family {self.family.name!r} needs model_config (the family's model config)")
+        else:
+            need(self.image_size >= 1, f"image_size must be ≥ 1, got {self.image_size}")
+            need(self.num_image_tokens >= 1, "num_image_tokens must be ≥ 1")
+        if self.image_buckets:
+            increasing("image_buckets", self.image_buckets)
         if kind == "sft":
             need(self.sft_mode in SFT_MODES,
                  f"sft_mode must be one of {SFT_MODES}, got {self.sft_mode!r}")
             if self.buckets:
-                b = list(self.buckets)
-                need(all(int(x) >= 1 for x in b) and b == sorted(set(b)),
-                     f"buckets must be increasing positive lengths, got {b}")
+                increasing("buckets", self.buckets)
             else:
                 need(self.seq_len is not None and self.seq_len >= 1,
                      "SFT needs seq_len (or buckets)")
         else:
             need(self.prompt_len >= 1 and self.response_len >= 1,
                  "prompt_len and response_len must be ≥ 1")
+            for name in ("prompt_buckets", "response_buckets"):
+                if getattr(self, name):
+                    increasing(name, getattr(self, name))
 
     @property
     def max_seq_len(self) -> int:
         return int(max(self.buckets)) if self.buckets else int(self.seq_len)
+
+    @property
+    def max_prompt_len(self) -> int:
+        return int(max(self.prompt_buckets)) if self.prompt_buckets else int(self.prompt_len)
+
+    @property
+    def max_response_len(self) -> int:
+        return (int(max(self.response_buckets)) if self.response_buckets
+                else int(self.response_len))
 
 
 # --------------------------------------------------------------------------- token tables
@@ -170,9 +226,24 @@ class ExampleTable:
     num_images: np.ndarray                # int32[N]
     tokens: dict[str, _Ragged]            # sft: input_ids, target_mask; dpo: prompt, chosen, rejected
     ref_logps: dict[str, np.ndarray] | None = None   # 'chosen'/'rejected' float32[N]
+    image_tokens: _Ragged | None = None   # tokens of each image, in order (None: none known)
+    patches: np.ndarray | None = None     # int32[N]: the largest image budget of the example
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def needs(self) -> np.ndarray:
+        """int64[N, 3]: what sets a batch's padded shapes — the token length (SFT:
+        input_ids; DPO: the prompt), the longer response (DPO; 0 for SFT) and the largest
+        image budget."""
+        n = len(self)
+        if self.kind == "sft":
+            length, resp = self.tokens["input_ids"].lengths(), np.zeros(n, np.int64)
+        else:
+            length = self.tokens["prompt"].lengths()
+            resp = np.maximum(self.tokens["chosen"].lengths(), self.tokens["rejected"].lengths())
+        patches = np.zeros(n, np.int64) if self.patches is None else self.patches
+        return np.stack([length, resp, patches], axis=1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- images
@@ -189,45 +260,131 @@ class RecordImages:
             return self.source.image_bytes(int(record_index))
         return self.paths[int(record_index)]
 
+    def sizes(self, record_index: int) -> list[tuple[int, int]]:
+        """`(width, height)` of each image of a record, from the headers (no decoding)."""
+        return [image_header_size(ref) for ref in self(record_index)]
+
+
+def image_header_size(ref) -> tuple[int, int]:
+    """`(width, height)` of an image (path or encoded bytes) as PIL opens it, without
+    decoding the pixels; ValueError naming the image if it cannot be read."""
+    import io
+    from PIL import Image
+    what = ref if isinstance(ref, str) else f"<{len(ref)} stored bytes>"
+    try:
+        with Image.open(ref if isinstance(ref, str) else io.BytesIO(ref)) as im:
+            return tuple(int(x) for x in im.size)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"image {what}: cannot read its size ({type(e).__name__}: {e})") from None
+
 
 def default_image_loader(ref):
     """bytes or path → PIL image (``images.load_image``)."""
     return images_lib.load_image(ref)
 
 
+class ImageSpec:
+    """How a loader makes, counts and batches images: the model family's functions
+    (`LoaderConfig.family`) or, without one, LLaVA's fixed `image_size` squares."""
+
+    def __init__(self, cfg: LoaderConfig):
+        self.cfg = cfg
+        self.family = cfg.family
+
+    @property
+    def native(self) -> bool:
+        """Token counts and patch budgets depend on each image's size."""
+        return self.family is not None and bool(self.family.native_resolution)
+
+    def tokens(self, size=None) -> int:
+        if self.family is None:
+            return int(self.cfg.num_image_tokens)
+        return int(self.family.image_tokens(self.cfg.model_config, size))
+
+    def budget_for_size(self, size) -> int:
+        return int(self.family.image_budget_for_size(self.cfg.model_config, size)) \
+            if self.native else 0
+
+    def buckets(self) -> tuple:
+        """The slot budgets batches are padded to (() for fixed-size images)."""
+        if not self.native:
+            return ()
+        if self.cfg.image_buckets:
+            return tuple(int(b) for b in self.cfg.image_buckets)
+        return tuple(int(b) for b in self.family.image_budgets(self.cfg.model_config))
+
+    def bucket(self, need: int) -> int:
+        buckets = self.buckets()
+        if not buckets:
+            return 0
+        for b in buckets:
+            if need <= b:
+                return b
+        raise ValueError(f"an image needs {need} patches, more than the largest image "
+                         f"bucket {buckets[-1]}")   # unreachable: checked up front
+
+    def preprocess(self, image) -> dict:
+        c = self.cfg
+        if self.family is None:
+            return {"pixel_values": images_lib.preprocess(image, c.image_size, mode=c.image_mode)}
+        return self.family.preprocess_image(c.model_config, image, c.image_mode)
+
+    def empty(self, batch: int, slots: int, budget: int) -> dict:
+        c = self.cfg
+        if self.family is None:
+            return {"pixel_values": np.zeros((batch, slots, c.image_size, c.image_size, 3),
+                                             np.float32)}
+        return self.family.empty_images(c.model_config, batch, slots, budget)
+
+    def place(self, slots: dict, row: int, slot: int, arrays: dict) -> None:
+        if self.family is None:
+            slots["pixel_values"][row, slot] = arrays["pixel_values"]
+        else:
+            self.family.place_image(slots, row, slot, arrays)
+
+
 # --------------------------------------------------------------------------- worker-side ops
 class Featurize:
-    """Global example index (or -1 for a padding row) → one unpadded example dict."""
+    """`(global example index or -1 for a padding row, *the global batch's needs: longest
+    length, longest response, largest image budget)` → one unpadded example dict."""
 
     def __init__(self, table: ExampleTable, record_images: RecordImages, cfg: LoaderConfig,
                  image_loader: Callable = default_image_loader):
         self.table, self.record_images, self.cfg = table, record_images, cfg
         self.image_loader = image_loader
+        self.images = ImageSpec(cfg)
 
-    def _pixels(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
-        c = self.cfg
-        pix = np.zeros((c.max_images, c.image_size, c.image_size, 3), np.float32)
+    def _images(self, idx: int) -> tuple[list[dict], np.ndarray]:
+        c, t = self.cfg, self.table
         mask = np.zeros((c.max_images,), bool)
-        if idx < 0 or self.table.num_images[idx] == 0:
-            return pix, mask
-        refs = self.record_images(self.table.record_index[idx])
+        out: list[dict] = []
+        if idx < 0 or t.num_images[idx] == 0:
+            return out, mask
+        refs = self.record_images(t.record_index[idx])
+        counts = t.image_tokens[idx] if t.image_tokens is not None else None
         for j, ref in enumerate(refs[:c.max_images]):
             try:
                 img = self.image_loader(ref)
-                pix[j] = images_lib.preprocess(img, c.image_size, mode=c.image_mode)
+                arrays = self.images.preprocess(img)
+                if self.images.native and counts is not None and \
+                        self.images.tokens(img.size) != int(counts[j]):
+                    raise ValueError(
+                        f"decoded size {img.size} gives {self.images.tokens(img.size)} image "
+                        f"tokens, its header {int(counts[j])}; the prompt would misplace them")
             except Exception as e:
                 what = ref if isinstance(ref, str) else f"<{len(ref)} stored bytes>"
-                raise ValueError(f"example {self.table.ids[idx]!r} (record "
-                                 f"{self.table.record_ids[idx]!r}) image {j} {what}: "
+                raise ValueError(f"example {t.ids[idx]!r} (record "
+                                 f"{t.record_ids[idx]!r}) image {j} {what}: "
                                  f"{type(e).__name__}: {e}") from e
+            out.append(arrays)
             mask[j] = True
-        return pix, mask
+        return out, mask
 
-    def __call__(self, idx) -> dict:
-        idx = int(idx)
+    def __call__(self, item) -> dict:
+        idx, *needs = (int(x) for x in item)
         t = self.table
-        pix, imask = self._pixels(idx)
-        out = {"pixel_values": pix, "image_mask": imask,
+        images, imask = self._images(idx)
+        out = {"images": images, "image_mask": imask, "batch_needs": needs,
                "example_index": np.int32(idx), "weight": np.float32(idx >= 0)}
         if t.kind == "sft":
             for k in ("input_ids", "target_mask"):
@@ -241,40 +398,44 @@ class Featurize:
         return out
 
 
-def _stack_common(rows: Sequence[dict], batch_size: int, cfg: LoaderConfig) -> dict:
-    out = {
-        "pixel_values": np.zeros((batch_size, cfg.max_images, cfg.image_size, cfg.image_size, 3),
-                                 np.float32),
-        "image_mask": np.zeros((batch_size, cfg.max_images), bool),
-        "example_index": np.full((batch_size,), -1, np.int32),
-        "weight": np.zeros((batch_size,), np.float32),
-    }
-    for i, r in enumerate(rows):
-        for k in ("pixel_values", "image_mask", "example_index", "weight"):
-            out[k][i] = r[k]
-    return out
+def _bucket(longest: int, buckets: Sequence[int] | None, fixed: int) -> int:
+    """The smallest bucket that holds `longest` (`fixed` without buckets)."""
+    if not buckets:
+        return int(fixed)
+    for b in buckets:
+        if longest <= b:
+            return int(b)
+    return int(buckets[-1])   # unreachable: longer examples were skipped up front
 
 
 class Collate:
-    """List of Featurize outputs → one fixed-shape batch (rows beyond the list are padding)."""
+    """List of Featurize outputs → one batch padded to the shapes of its global batch
+    (rows beyond the list are padding)."""
 
     def __init__(self, kind: str, cfg: LoaderConfig):
         self.kind, self.cfg = kind, cfg
+        self.images = ImageSpec(cfg)
 
-    def _seq_len(self, longest: int) -> int:
-        c = self.cfg
-        if not c.buckets:
-            return int(c.seq_len)
-        for b in c.buckets:
-            if longest <= b:
-                return int(b)
-        return int(c.buckets[-1])   # unreachable: longer examples were skipped up front
+    def _common(self, rows: Sequence[dict]) -> dict:
+        c, B = self.cfg, self.cfg.batch_size
+        budget = self.images.bucket(max((r["batch_needs"][2] for r in rows), default=0))
+        out = self.images.empty(B, c.max_images, budget)
+        out.update(image_mask=np.zeros((B, c.max_images), bool),
+                   example_index=np.full((B,), -1, np.int32),
+                   weight=np.zeros((B,), np.float32))
+        for i, r in enumerate(rows):
+            for j, arrays in enumerate(r["images"]):
+                self.images.place(out, i, j, arrays)
+            for k in ("image_mask", "example_index", "weight"):
+                out[k][i] = r[k]
+        return out
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         c, B = self.cfg, self.cfg.batch_size
-        out = _stack_common(rows, B, c)
+        out = self._common(rows)
+        longest, resp = (max((r["batch_needs"][k] for r in rows), default=0) for k in (0, 1))
         if self.kind == "sft":
-            T = self._seq_len(max((len(r["input_ids"]) for r in rows), default=0))
+            T = _bucket(longest, c.buckets, c.seq_len)
             ids = np.full((B, T), c.pad_token_id, np.int32)
             att = np.zeros((B, T), np.int32)
             tgt = np.zeros((B, T), bool)
@@ -285,7 +446,8 @@ class Collate:
                 tgt[i, :n] = r["target_mask"]
             out.update(input_ids=ids, attention_mask=att, target_mask=tgt)
             return out
-        P, R = c.prompt_len, c.response_len
+        P = _bucket(longest, c.prompt_buckets, c.prompt_len)
+        R = _bucket(resp, c.response_buckets, c.response_len)
         p_ids = np.full((B, P), c.pad_token_id, np.int32)
         p_mask = np.zeros((B, P), np.int32)
         resp = {k: (np.full((B, R), c.pad_token_id, np.int32), np.zeros((B, R), np.int32))
@@ -333,6 +495,111 @@ class PadTo(grain.MapDataset):
         return f"PadTo(length={self._length})"
 
 
+class _Windowed(grain.MapDataset):
+    """Base of the order-aware stages below: element k is computed from the window of the
+    parent's elements holding it (`_range`), cached per window (deterministic, so a cache
+    miss in another thread or worker process computes the same)."""
+
+    _CACHE = 4
+
+    def __init__(self, parent, window: int):
+        super().__init__(parent)
+        self._n = len(parent)
+        self._window = int(window)
+        self._cache: dict = {}
+
+    def __len__(self):
+        return self._n
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": {}}
+
+    def _range(self, index: int) -> tuple[int, int]:
+        """[lo, hi): the window holding `index`."""
+        lo = index // self._window * self._window
+        return lo, min(lo + self._window, self._n)
+
+    def _block(self, lo: int, hi: int):
+        got = self._cache.get(lo)
+        if got is None:
+            got = self._compute(lo, [self._parent[i] for i in range(lo, hi)])
+            if len(self._cache) >= self._CACHE:
+                self._cache.pop(next(iter(self._cache)), None)
+            self._cache[lo] = got
+        return got
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        index = int(index)
+        lo, hi = self._range(index)
+        return self._item(self._block(lo, hi), index - lo)
+
+
+class GroupBySize(_Windowed):
+    """Reorder the parent (shuffled example indices, `epoch` of them per epoch) within
+    windows of `batches` global batches so that global batches hold examples of similar
+    size: sorted by (patches, tokens, response tokens), cut into global batches, the
+    batches in a random order (seeded by the window's start). Windows start at global
+    batch boundaries and never cross an epoch (an example never meets itself in a batch),
+    so an epoch's first and last windows may be shorter; positions of a window that do not
+    fill a whole global batch keep their place (what `drop_remainder` drops stays a random
+    choice)."""
+
+    def __init__(self, parent, batches: int, global_batch: int, needs: np.ndarray, seed: int,
+                 epoch: int):
+        super().__init__(parent, int(batches) * int(global_batch))
+        self._gb, self._seed, self._epoch = int(global_batch), int(seed), int(epoch)
+        self._needs = needs
+
+    def _range(self, index: int) -> tuple[int, int]:
+        start = index // self._epoch * self._epoch
+        end = min(start + self._epoch, self._n)
+        first = -(-start // self._gb) * self._gb    # windows start at global batch bounds
+        if index < first:   # the epoch's first positions finish a global batch: as they are
+            return start, min(first, end)
+        lo = first + (index - first) // self._window * self._window
+        return lo, min(lo + self._window, end)
+
+    def _compute(self, lo: int, block: list):
+        whole = len(block) // self._gb * self._gb
+        head = np.asarray(block[:whole], np.int64)
+        n = self._needs[head]
+        order = np.lexsort((n[:, 1], n[:, 0], n[:, 2]))   # by patches, then tokens
+        chunks = head[order].reshape(-1, self._gb)
+        perm = np.random.default_rng([self._seed, lo]).permutation(len(chunks))
+        return np.concatenate([chunks[perm].reshape(-1), np.asarray(block[whole:], np.int64)])
+
+    def _item(self, block, i):
+        return int(block[i])
+
+    def __str__(self):
+        return f"GroupBySize(window={self._window}, epoch={self._epoch})"
+
+
+class BatchNeeds(_Windowed):
+    """Element k → `(example index, *needs)`: the column maxima of `needs [N, K]`
+    (`ExampleTable.needs`) over the global batch holding k (padding elements, -1, count for
+    nothing), so every host pads its part of a global batch to the same shapes."""
+
+    def __init__(self, parent, global_batch: int, needs: np.ndarray):
+        super().__init__(parent, global_batch)
+        self._needs = needs
+
+    def _compute(self, lo: int, block: list):
+        idx = np.asarray([i for i in block if i >= 0], np.int64)
+        top = (self._needs[idx].max(axis=0) if idx.size
+               else np.zeros(self._needs.shape[1], np.int64))
+        return block, tuple(int(x) for x in top)
+
+    def _item(self, block, i):
+        members, top = block
+        return (int(members[i]),) + top
+
+    def __str__(self):
+        return f"BatchNeeds(global_batch={self._window})"
+
+
 # --------------------------------------------------------------------------- example lists
 def _as_records(source_or_records) -> tuple[list[records_lib.Record], RecordImages | None]:
     """(records, images from the source or None when images come from paths)."""
@@ -358,9 +625,51 @@ def _record_lookup(recs: Sequence[records_lib.Record]) -> dict[str, int]:
     return lookup
 
 
-def _tok_kwargs(cfg: LoaderConfig) -> dict:
+def _tok_kwargs(cfg: LoaderConfig, counts) -> dict:
     return dict(template=cfg.template, image_token_id=cfg.image_token_id,
-                num_image_tokens=cfg.num_image_tokens)
+                num_image_tokens=counts)
+
+
+class _ImageCounts:
+    """Per example: the token count of each image and the largest patch budget. With a
+    native-resolution family they come from the images' sizes (headers read once per
+    record); otherwise every image takes the fixed count (passed to `chat` as one int)."""
+
+    def __init__(self, cfg: LoaderConfig, rec_images: RecordImages | None):
+        self.spec = ImageSpec(cfg)
+        self.rec_images = rec_images
+        self._sizes: dict[int, list] = {}
+        buckets = self.spec.buckets()
+        self.largest = buckets[-1] if buckets else 0
+
+    def __call__(self, record_index: int, n_img: int):
+        """(counts for `chat.tokenize`, per-image counts, largest budget); ValueError when
+        an image's size cannot be read."""
+        if not self.spec.native:
+            n = self.spec.tokens()
+            return n, [n] * n_img, 0
+        ri = int(record_index)
+        if ri not in self._sizes:
+            self._sizes[ri] = self.rec_images.sizes(ri)
+        sizes = self._sizes[ri][:n_img]
+        counts = [self.spec.tokens(sz) for sz in sizes]
+        budgets = [self.spec.budget_for_size(sz) for sz in sizes]
+        for sz, b in zip(sizes, budgets):
+            if b > self.largest:
+                raise _TooLargeImage(
+                    f"an image of {sz[0]}x{sz[1]} (width x height) needs {b} patches, more "
+                    f"than the largest image bucket {self.largest} (record {ri}); raise "
+                    "image_buckets or lower the family's max_pixels")
+        return counts, counts, max(budgets, default=0)
+
+    def describe(self, counts) -> str:
+        if isinstance(counts, int):
+            return f"× {counts} tokens"
+        return f"of {'+'.join(map(str, counts))} tokens"
+
+
+class _TooLargeImage(ValueError):
+    """An image the largest patch bucket cannot hold: a configuration error, raised."""
 
 
 def _sft_examples(recs, cfg: LoaderConfig, skipped: list) -> list[tuple[records_lib.Record, int]]:
@@ -385,10 +694,11 @@ def _sft_examples(recs, cfg: LoaderConfig, skipped: list) -> list[tuple[records_
     return [(e, lookup[e.meta.get("record_id", e.id)]) for e in exs]
 
 
-def _sft_table(recs, cfg: LoaderConfig, tokenizer, skipped: list) -> ExampleTable:
+def _sft_table(recs, cfg: LoaderConfig, tokenizer, skipped: list,
+               image_counts: _ImageCounts) -> ExampleTable:
     from . import chat
     limit = cfg.max_seq_len
-    ids, rids, ridx, nimg, toks, masks = [], [], [], [], [], []
+    ids, rids, ridx, nimg, toks, masks, per_image, patches = [], [], [], [], [], [], [], []
     for ex, ri in _sft_examples(recs, cfg, skipped):
         rid = ex.meta.get("record_id", ex.id) if cfg.sft_mode != "conversation" else ex.id
         n_img = len(ex.images)
@@ -397,7 +707,11 @@ def _sft_table(recs, cfg: LoaderConfig, tokenizer, skipped: list) -> ExampleTabl
                             "reason": f"{n_img} images > max_images {cfg.max_images}"})
             continue
         try:
-            tok = chat.tokenize(ex.conversation, tokenizer, **_tok_kwargs(cfg), max_length=None)
+            counts, each, budget = image_counts(ri, n_img)
+            tok = chat.tokenize(ex.conversation, tokenizer, **_tok_kwargs(cfg, counts),
+                                max_length=None)
+        except _TooLargeImage:
+            raise
         except ValueError as e:   # ExampleTooLong, TokenizationMismatch, malformed turns
             skipped.append({"id": ex.id, "record_id": rid,
                             "reason": f"{type(e).__name__}: {e}"})
@@ -407,31 +721,34 @@ def _sft_table(recs, cfg: LoaderConfig, tokenizer, skipped: list) -> ExampleTabl
         if len(input_ids) > limit:
             skipped.append({"id": ex.id, "record_id": rid, "reason": (
                 f"{len(input_ids)} tokens > {'largest bucket' if cfg.buckets else 'seq_len'} "
-                f"{limit} ({n_img} image(s) × {cfg.num_image_tokens} tokens included)")})
+                f"{limit} ({n_img} image(s) {image_counts.describe(counts)} included)")})
             continue
         if not target.any():
             skipped.append({"id": ex.id, "record_id": rid, "reason": "no target tokens"})
             continue
         ids.append(ex.id), rids.append(rid), ridx.append(ri), nimg.append(n_img)
         toks.append(input_ids), masks.append(target)
+        per_image.append(np.asarray(each, np.int32)), patches.append(budget)
     return ExampleTable("sft", ids, rids, np.asarray(ridx, np.int64), np.asarray(nimg, np.int32),
                         {"input_ids": _Ragged(toks, np.int32),
-                         "target_mask": _Ragged(masks, bool)})
+                         "target_mask": _Ragged(masks, bool)},
+                        image_tokens=_Ragged(per_image, np.int32),
+                        patches=np.asarray(patches, np.int32))
 
 
 def _dpo_table(recs, cfg: LoaderConfig, tokenizer, skipped: list, truncated: list,
-               ref_logps: Mapping[str, Any] | None) -> ExampleTable:
+               ref_logps: Mapping[str, Any] | None, image_counts: _ImageCounts) -> ExampleTable:
     from . import chat
     from . import pairs as pairs_lib
     lookup = _record_lookup(recs)
     prs = pairs_lib.make_pairs(recs, rule=cfg.pair_rule, seed=cfg.pair_seed,
                                margin=cfg.pair_margin)
-    ids, rids, ridx, nimg = [], [], [], []
+    ids, rids, ridx, nimg, per_image, patches = [], [], [], [], [], []
     toks = {"prompt": [], "chosen": [], "rejected": []}
     refs: dict[str, list] = {"chosen": [], "rejected": []}
     have_refs = bool(prs) and all(p.get("ref_chosen_logp") is not None
                                   and p.get("ref_rejected_logp") is not None for p in prs)
-    R = cfg.response_len
+    R = cfg.max_response_len
     for p in prs:
         n_img = len(p["images"])
         if n_img > cfg.max_images:
@@ -439,10 +756,13 @@ def _dpo_table(recs, cfg: LoaderConfig, tokenizer, skipped: list, truncated: lis
                             "reason": f"{n_img} images > max_images {cfg.max_images}"})
             continue
         try:
+            counts, each, budget = image_counts(lookup[p["record_id"]], n_img)
             pc, rc = chat.tokenize_prompt_response(p["conversation"], p["chosen"], tokenizer,
-                                                   **_tok_kwargs(cfg))
+                                                   **_tok_kwargs(cfg, counts))
             pr, rr = chat.tokenize_prompt_response(p["conversation"], p["rejected"], tokenizer,
-                                                   **_tok_kwargs(cfg))
+                                                   **_tok_kwargs(cfg, counts))
+        except _TooLargeImage:
+            raise
         except ValueError as e:   # ExampleTooLong, TokenizationMismatch, malformed turns
             skipped.append({"id": p["id"], "record_id": p["record_id"],
                             "reason": f"{type(e).__name__}: {e}"})
@@ -454,10 +774,11 @@ def _dpo_table(recs, cfg: LoaderConfig, tokenizer, skipped: list, truncated: lis
                             "reason": "prompt tokenizes differently with the chosen and the "
                                       "rejected response"})
             continue
-        if len(pc) > cfg.prompt_len:
+        if len(pc) > cfg.max_prompt_len:
+            what = "largest prompt bucket" if cfg.prompt_buckets else "prompt_len"
             skipped.append({"id": p["id"], "record_id": p["record_id"], "reason": (
-                f"prompt {len(pc)} tokens > prompt_len {cfg.prompt_len} "
-                f"({n_img} image(s) × {cfg.num_image_tokens} tokens included)")})
+                f"prompt {len(pc)} tokens > {what} {cfg.max_prompt_len} "
+                f"({n_img} image(s) {image_counts.describe(counts)} included)")})
             continue
         long = {k: len(v) for k, v in (("chosen", rc), ("rejected", rr)) if len(v) > R}
         if long and not cfg.truncate_responses:
@@ -467,7 +788,7 @@ def _dpo_table(recs, cfg: LoaderConfig, tokenizer, skipped: list, truncated: lis
         for k, n in long.items():
             truncated.append({"id": p["id"], "side": k, "tokens": n, "kept": R})
         ids.append(p["id"]), rids.append(p["record_id"]), ridx.append(lookup[p["record_id"]])
-        nimg.append(n_img)
+        nimg.append(n_img), per_image.append(np.asarray(each, np.int32)), patches.append(budget)
         toks["prompt"].append(pc), toks["chosen"].append(rc[:R]), toks["rejected"].append(rr[:R])
         if have_refs:
             refs["chosen"].append(float(p["ref_chosen_logp"]))
@@ -484,7 +805,9 @@ def _dpo_table(recs, cfg: LoaderConfig, tokenizer, skipped: list, truncated: lis
     elif prs and any(p.get("ref_chosen_logp") is not None for p in prs):
         log.warning("only some pairs carry ref_chosen_logp/ref_rejected_logp: not used")
     return ExampleTable("dpo", ids, rids, np.asarray(ridx, np.int64), np.asarray(nimg, np.int32),
-                        {k: _Ragged(v, np.int32) for k, v in toks.items()}, table_refs)
+                        {k: _Ragged(v, np.int32) for k, v in toks.items()}, table_refs,
+                        image_tokens=_Ragged(per_image, np.int32),
+                        patches=np.asarray(patches, np.int32))
 
 
 def _checked_ref_logps(ref_logps: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
@@ -526,30 +849,32 @@ def prepare_examples(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig
                      ref_logps: Mapping[str, Any] | None = None) -> Examples:
     """The up-front part of `make_loader` (validation, pairing, tokenization), kept for reuse."""
     table, rec_images, recs, skipped, truncated = build_examples(
-        kind, source_or_records, tokenizer, pcfg, ref_logps=ref_logps)
-    if rec_images is None:
-        root = image_root or ""
-        rec_images = RecordImages(paths=[[os.path.join(root, p) for p in r.images]
-                                         for r in recs])
+        kind, source_or_records, tokenizer, pcfg, ref_logps=ref_logps, image_root=image_root)
     return Examples(kind, table, rec_images, skipped, truncated)
 
 
 def build_examples(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
-                   ref_logps: Mapping[str, Any] | None = None):
-    """(ExampleTable, RecordImages-or-None, records, skipped, truncated) — the up-front part
-    of ``make_loader``, usable alone (e.g. to count examples)."""
+                   ref_logps: Mapping[str, Any] | None = None, image_root: str | None = None):
+    """(ExampleTable, RecordImages, records, skipped, truncated) — the up-front part of
+    ``make_loader``, usable alone (e.g. to count examples). Records given in memory read
+    their images from ``image_root``/path."""
     from . import chat
     pcfg.validate(kind)
     chat.get_template(pcfg.template)      # unknown template: fail here, not per example
     recs, rec_images = _as_records(source_or_records)
+    if rec_images is None:
+        root = image_root or ""
+        rec_images = RecordImages(paths=[[os.path.join(root, p) for p in r.images]
+                                         for r in recs])
+    counts = _ImageCounts(pcfg, rec_images)
     skipped: list[dict] = []
     truncated: list[dict] = []
     if kind == "sft":
         if ref_logps is not None:
             raise ValueError("ref_logps is for DPO loaders")
-        table = _sft_table(recs, pcfg, tokenizer, skipped)
+        table = _sft_table(recs, pcfg, tokenizer, skipped, counts)
     else:
-        table = _dpo_table(recs, pcfg, tokenizer, skipped, truncated, ref_logps)
+        table = _dpo_table(recs, pcfg, tokenizer, skipped, truncated, ref_logps, counts)
     return table, rec_images, recs, skipped, truncated
 
 
@@ -559,10 +884,13 @@ def _fingerprint(kind: str, table: ExampleTable, cfg: LoaderConfig, shard: tuple
     for i in table.ids:
         h.update(i.encode("utf-8"))
         h.update(b"\0")
-    return {"kind": kind, "num_examples": len(table), "ids_sha256": h.hexdigest()[:16],
-            "batch_size": cfg.batch_size, "seed": cfg.seed, "shuffle": cfg.shuffle,
-            "num_epochs": cfg.num_epochs, "drop_remainder": cfg.drop_remainder,
-            "shard": list(shard), "worker_count": cfg.worker_count}
+    out = {"kind": kind, "num_examples": len(table), "ids_sha256": h.hexdigest()[:16],
+           "batch_size": cfg.batch_size, "seed": cfg.seed, "shuffle": cfg.shuffle,
+           "num_epochs": cfg.num_epochs, "drop_remainder": cfg.drop_remainder,
+           "shard": list(shard), "worker_count": cfg.worker_count}
+    if cfg.group_by_size:   # order-defining; absent when off (states saved before it match)
+        out["group_by_size"] = cfg.group_by_size
+    return out
 
 
 class Loader:
@@ -699,6 +1027,9 @@ def make_loader(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
     if pcfg.shuffle:
         ds = ds.shuffle(seed=pcfg.seed)
     ds = ds.repeat(pcfg.num_epochs)
+    needs = table.needs()
+    if pcfg.group_by_size:
+        ds = GroupBySize(ds, pcfg.group_by_size, gb, needs, pcfg.seed, epoch=n)
     if pcfg.num_epochs is not None:
         total = len(ds)
         if pcfg.drop_remainder:
@@ -708,6 +1039,7 @@ def make_loader(kind: str, source_or_records, tokenizer, pcfg: LoaderConfig, *,
             ds = ds[: total // gb * gb]
         elif total % gb:
             ds = PadTo(ds, -(-total // gb) * gb)
+    ds = BatchNeeds(ds, gb, needs)
     ds = ds[shard_index::shard_count]
     ds = ds.map(Featurize(table, rec_images, pcfg, image_loader))
     ds = ds.batch(pcfg.batch_size, drop_remainder=pcfg.drop_remainder,

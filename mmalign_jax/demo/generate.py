@@ -20,7 +20,9 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from PIL import Image
 
 from . import questions as Q
 from . import text_tasks as T
@@ -147,20 +149,39 @@ def _write_jsonl(path: Path, records: List[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _write_images(records: List[dict], image_dir: Path, size: int) -> None:
+def image_dims(record_id: str, size: int = 64,
+               image_sizes: Optional[Sequence[int]] = None) -> Tuple[int, int]:
+    """`(width, height)` of a record's image: `size` square, or with `image_sizes = (lo,
+    hi)` each side drawn from [lo, hi] by the record id (mixed sizes and aspect ratios,
+    for native-resolution models)."""
+    if not image_sizes:
+        return size, size
+    lo, hi = (int(x) for x in image_sizes)
+    rng = random.Random(f"mmalign-demo/image-size/{record_id}")
+    return rng.randint(lo, hi), rng.randint(lo, hi)
+
+
+def _write_images(records: List[dict], image_dir: Path, size: int,
+                  image_sizes: Optional[Sequence[int]] = None) -> None:
     for r in records:
         if r["images"]:
-            record_image(r, size).save(image_dir / r["images"][0], format="PNG")
+            w, h = image_dims(r["id"], size, image_sizes)
+            img = record_image(r, max(w, h))
+            if (w, h) != img.size:   # the scene stretched to the record's aspect ratio
+                img = img.resize((w, h), Image.Resampling.BICUBIC)
+            img.save(image_dir / r["images"][0], format="PNG")
 
 
 def write_dataset(out_dir, n_train: int, n_eval: int, seed: int = 0,
                   n_text_train: Optional[int] = None, n_text_eval: Optional[int] = None,
                   n_sft_train: Optional[int] = None, n_sft_eval: Optional[int] = None,
-                  image_size: int = 64, sft_style: str = "mixed") -> Dict[str, str]:
+                  image_size: int = 64, sft_style: str = "mixed",
+                  image_sizes: Optional[Sequence[int]] = None) -> Dict[str, str]:
     """Write the demo dataset under `out_dir` and return {name: path} (names: train, eval,
     train_text, eval_text, sft_train, sft_eval, sft_text_train, sft_text_eval, image_root,
     manifest). Image paths in records are relative to `image_root`. Text and SFT counts
-    default to n_train / n_eval."""
+    default to n_train / n_eval. Images are `image_size` squares, or with `image_sizes =
+    (lo, hi)` of mixed sizes (`image_dims`)."""
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -182,13 +203,14 @@ def write_dataset(out_dir, n_train: int, n_eval: int, seed: int = 0,
     counts: Dict[str, int] = {}
     for name, build in plan.items():
         records = build()
-        _write_images(records, images, image_size)
+        _write_images(records, images, image_size, image_sizes)
         path = out / f"{name}.jsonl"
         _write_jsonl(path, records)
         paths[name] = str(path)
         counts[name] = len(records)
     paths["image_root"] = str(images)
     manifest = {"seed": seed, "image_size": image_size, "sft_style": sft_style,
+                **({"image_sizes": [int(x) for x in image_sizes]} if image_sizes else {}),
                 "counts": counts, "files": {k: Path(v).name for k, v in paths.items()},
                 "image_root": "images"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -14,6 +14,10 @@ mmalign_jax.pipeline`: done once, skipped on rerun, rerun when their settings ch
 
 It returns the config to train: ordinary `data.data_dir`, `data.tokenizer`,
 `model.init_from` / `model.vision_init` values, nothing the core interprets specially.
+
+The `qwen2.5-vl-demo` presets (`apply_qwen_sft`, `apply_qwen_pairs`) run the same stages for
+a tiny Qwen2.5-VL: images of mixed sizes (`c.data.demo.image_sizes`), the Qwen tokenizer
+(`c.data.demo.tokenizer = 'qwen'`), no vision pretraining (the SFT stage trains the tower).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from mmalign_jax.demo import generate, tokenizer, vision_pretrain
 log = logging.getLogger("mmalign_jax.demo")
 
 PREPARE = "mmalign_jax.demo.recipe:prepare"
+TOKENIZERS = {"llava": "load_tokenizer", "qwen": "load_qwen_tokenizer"}
 SPLITS = {"train": "train.jsonl", "eval": "eval.jsonl",
           "sft_train": "sft_train.jsonl", "sft_eval": "sft_eval.jsonl",
           "sft_text_train": "sft_text_train.jsonl", "sft_text_eval": "sft_text_eval.jsonl",
@@ -73,12 +78,13 @@ def apply_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
     return c
 
 
-def use_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    """Start `c` from the demo SFT model, trained first by `c.demo_sft` (a whole SFT config:
-    `--config.demo_sft.train.max_steps=1200` changes it)."""
+def use_sft(c: mlc.ConfigDict, sft=None) -> mlc.ConfigDict:
+    """Start `c` from the demo SFT model, trained first by `c.demo_sft` (a whole SFT config
+    made by `sft`, default `apply_sft`: `--config.demo_sft.train.max_steps=1200` changes
+    it)."""
     from mmalign_jax.train import defaults
     add_settings(c)
-    c.demo_sft = apply_sft(defaults.base_config("sft"))
+    c.demo_sft = (sft or apply_sft)(defaults.base_config("sft"))
     return c
 
 
@@ -102,18 +108,91 @@ def apply_pairs(c: mlc.ConfigDict) -> mlc.ConfigDict:
     return c
 
 
+# -------------------------------------------------------------------- Qwen2.5-VL demo
+QWEN_PRESET = "qwen2.5-vl-demo"
+
+
+def _qwen(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """The demo task for the tiny Qwen2.5-VL (`qwen2.5-vl-demo`): images of mixed sizes and
+    aspect ratios (56–224 px a side: 4–64 image tokens), the demo BPE with Qwen's ChatML
+    and vision tokens, the family's template (`qwen2_vl`); batches grouped by size and
+    padded to a few patch and length buckets — few, because on CPU each shape's compile
+    costs more than dozens of steps (docs/PERFORMANCE.md, "Qwen2.5-VL: dynamic
+    resolution", has the padding these settings leave)."""
+    c.workdir = f"workdir/{c.method}-qwen-demo"
+    c.model.preset = QWEN_PRESET
+    c.data.demo.n_train = 1024
+    c.data.demo.n_eval = 128
+    c.data.demo.tokenizer = "qwen"
+    c.data.demo.image_sizes = (56, 224)
+    c.data.demo.pretrain_vision = False     # the tower learns from random weights in SFT
+    c.data.group_by_size = 8
+    c.data.image_buckets = (64, 256)
+    return c
+
+
+def apply_qwen_sft(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """SFT of the demo Qwen2.5-VL from random weights: everything trained, the vision tower
+    included (there is no pretrained tower to start from)."""
+    add_settings(c)
+    _qwen(c)
+    c.lora.enabled = False
+    c.optim.lr = 2e-3
+    c.optim.projector_lr = 2e-3
+    c.optim.train_vision = True
+    c.optim.warmup_ratio = 0.05
+    c.data.seq_len = 160               # system prompt + ≤ 64 image tokens + question + answer
+    c.data.seq_buckets = (96, 160)
+    c.data.train_split = "sft_train"
+    c.data.eval_split = "sft_eval"
+    c.train.global_batch_size = 8
+    c.train.num_epochs = 0
+    c.train.max_steps = 300
+    c.train.log_every = 20
+    c.train.eval_every = 150
+    c.train.checkpoint_every = 150
+    return c
+
+
+def apply_qwen_pairs(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """A pairwise method on the demo with the tiny Qwen2.5-VL: from its SFT model (trained
+    first in `<workdir>/sft` by `apply_qwen_sft`), LoRA on the LM + the merger, vision
+    frozen (so the online reference shares the tower's pass)."""
+    use_sft(c, apply_qwen_sft)
+    _qwen(c)
+    c.lora.rank, c.lora.alpha, c.lora.dropout = 16, 32.0, 0.0
+    c.optim.lr = 2e-3
+    c.optim.projector_lr = 2e-3
+    c.optim.warmup_ratio = 0.05
+    c.data.prompt_len = 112        # system prompt + ≤ 64 image tokens + question
+    c.data.prompt_buckets = (64, 112)
+    c.data.response_len = 64
+    c.train.global_batch_size = 16
+    c.train.num_epochs = 0
+    c.train.max_steps = 80
+    c.train.log_every = 10
+    c.train.eval_every = 40
+    c.train.checkpoint_every = 40
+    return c
+
+
 # ------------------------------------------------------------------------------ stages
 
 def write_data(out: str, n_train: int, n_eval: int, seed: int, progress: bool = True,
-               splits=tuple(SPLITS), **sizes) -> dict:
-    """The demo task's files, TFDS splits (`<out>/tfds`) and tokenizer (`<out>/tokenizer`)."""
+               splits=tuple(SPLITS), tokenizer_kind: str = "llava", **sizes) -> dict:
+    """The demo task's files, TFDS splits (`<out>/tfds`) and tokenizer (`<out>/tokenizer`:
+    `tokenizer_kind` 'llava' = the demo BPE as shipped, 'qwen' = with Qwen2.5-VL's ChatML
+    and vision tokens, `tokenizer.load_qwen_tokenizer`). `sizes`: `generate.write_dataset`'s
+    counts and image sizes."""
     from mmalign_jax.data import tfds_builder
+    if tokenizer_kind not in TOKENIZERS:
+        raise ValueError(f"demo tokenizer {tokenizer_kind!r}: use one of {sorted(TOKENIZERS)}")
     paths = generate.write_dataset(out, n_train, n_eval, seed, **sizes)
     tfds_builder.build({s: os.path.join(out, SPLITS[s]) for s in splits},
                        os.path.join(out, "images"), os.path.join(out, "tfds"), strict=True,
                        overwrite=True, progress=progress)
     tok_dir = os.path.join(out, "tokenizer")
-    tokenizer.load_tokenizer().save_pretrained(tok_dir)
+    getattr(tokenizer, TOKENIZERS[tokenizer_kind])().save_pretrained(tok_dir)
     return {"dir": out, "data_dir": os.path.join(out, "tfds"), "tokenizer": tok_dir,
             "files": {k: os.path.relpath(v, out) for k, v in paths.items()}}
 
@@ -156,8 +235,10 @@ def prepare(c: mlc.ConfigDict) -> mlc.ConfigDict:
     stages = Stages(c.workdir)
     out = os.path.join(c.workdir, "data")
     if jax.process_index() == 0:
+        sizes = {"image_sizes": tuple(d.image_sizes)} if d.get("image_sizes") else {}
         stages.run("data", {"demo": d.to_dict(), "seed": c.seed},
-                   lambda: write_data(out, d.n_train, d.n_eval, d.seed, progress=c.train.progress))
+                   lambda: write_data(out, d.n_train, d.n_eval, d.seed, progress=c.train.progress,
+                                      tokenizer_kind=d.get("tokenizer", "llava"), **sizes))
     _sync("demo data")
     data = {"data_dir": os.path.join(out, "tfds"), "tokenizer": os.path.join(out, "tokenizer")}
     records = os.path.join(out, SPLITS["sft_train"])

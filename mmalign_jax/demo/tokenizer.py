@@ -21,6 +21,13 @@ VOCAB_SIZE = 1000   # what train_tokenizer asks for; the tiny preset's embedding
 MAX_VOCAB = 1024
 
 
+# Qwen2.5-VL's ChatML and vision tokens, added after the BPE's 1000 entries at fixed ids (the
+# `qwen2.5-vl-demo` preset's image_token_id / eos / pad rely on them).
+QWEN_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|im_start|>", "<|im_end|>", "<|endoftext|>")
+QWEN_SPECIAL_IDS = {tok: VOCAB_SIZE + i for i, tok in enumerate(QWEN_SPECIAL_TOKENS)}
+
+
 def tokenizer_path() -> str:
     return str(TOKENIZER_FILE)
 
@@ -50,4 +57,26 @@ def load_tokenizer(path: Optional[Union[str, Path]] = None, add_bos_token: bool 
     ids = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     if ids != list(range(len(SPECIAL_TOKENS))):
         raise ValueError(f"{p}: special tokens {SPECIAL_TOKENS} must have ids 0..4, got {ids}")
+    return tok
+
+
+def load_qwen_tokenizer(path: Optional[Union[str, Path]] = None):
+    """The demo BPE as a Qwen2.5-VL-style tokenizer: no BOS (Qwen adds none), the ChatML and
+    vision tokens of `QWEN_SPECIAL_TOKENS` added as special tokens with ids 1000..1006,
+    "\n" always a token of its own, eos `<|im_end|>`, pad `<|endoftext|>`. `path`: a tokenizer.json file or folder (the
+    shipped LLaVA demo file by default; a folder this function saved also loads)."""
+    from tokenizers import AddedToken
+    tok = load_tokenizer(path, add_bos_token=False)
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    # ChatML puts "\n" before every answer; the BPE merges it with the next letter ("\nP"),
+    # a token across the prompt/answer boundary. As an added token (its own id, 5) it is
+    # split off first, as Qwen's byte-level pre-tokenizer does.
+    tok.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    ids = tok.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
+    want = [QWEN_SPECIAL_IDS[t] for t in QWEN_SPECIAL_TOKENS]
+    if ids != want:
+        raise ValueError(f"demo tokenizer: Qwen special tokens {QWEN_SPECIAL_TOKENS} must have "
+                         f"ids {want} (the BPE must have {VOCAB_SIZE} entries), got {ids}")
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
+    tok.bos_token = None
     return tok

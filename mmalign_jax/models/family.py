@@ -27,7 +27,11 @@ never name a family's modules. What a family provides:
   batch, slots, budget)` the zero slot arrays an image's arrays are copied into (its leading
   extent may be shorter: the rest stays zero), `image_budget(arrays)` what one image needs
   of the slot's variable extent (0 for fixed-size images) and `model_images(batch)` the
-  model's image argument from a batch (None when the batch has no images).
+  model's image argument from a batch (None when the batch has no images). For loaders that
+  size batches before decoding anything: `image_budget_for_size(cfg, (w, h))` (what
+  `image_budget` of that image's arrays will be) and `image_budgets(cfg)` (the few slot
+  budgets, increasing, that batches are padded to; the last holds any image; () for
+  fixed-size images).
 - **defaults**: chat template and image mode of its checkpoints, LoRA targets (a regex over
   '/'-joined module paths), and the parameter groups training addresses by role
   (`vision`, `projector`, `lm`: regexes over 'params/...' paths) plus the key of the vision
@@ -92,6 +96,8 @@ class ModelFamily:
     image_keys: Tuple[str, ...] = ("pixel_values",)
     native_resolution: bool = False      # True: an image's token count depends on its size
     image_budget: Callable[[Mapping[str, Any]], int] = lambda arrays: 0
+    image_budget_for_size: Callable[..., int] = lambda cfg, size: 0
+    image_budgets: Callable[[Any], Tuple[int, ...]] = lambda cfg: ()
     description: str = ""
     checkpoints: Tuple[str, ...] = ()    # Hugging Face hub names known to load
     pretrained_presets: Tuple[str, ...] = ()   # shapes of published checkpoints: load them,
@@ -103,6 +109,17 @@ class ModelFamily:
         except KeyError:
             raise ValueError(f"{self.name}: unknown model preset {name!r}; known presets: "
                              f"{', '.join(self.presets)}") from None
+
+    def __reduce__(self):
+        """Pickled as its registry name (the table's function fields include lambdas):
+        what a grain worker process unpickles is the registered family of that name."""
+        from mmalign_jax.models import registry
+        return (registry.get, (self.name,))
+
+    def place_image(self, slots: Mapping[str, Any], row: int, slot: int,
+                    arrays: Mapping[str, Any]) -> None:
+        """The module's `place_image`, for callers that hold only the family."""
+        place_image(slots, row, slot, arrays)
 
     def group_regex(self, role: str) -> Optional[str]:
         return self.param_groups.get(role)

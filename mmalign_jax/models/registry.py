@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from typing import Any, Dict, List, Mapping, Union
 
 from mmalign_jax.models.family import ModelFamily, read_hf_config
@@ -20,6 +21,8 @@ from mmalign_jax.models.family import ModelFamily, read_hf_config
 BUILTIN = ("mmalign_jax.models.llava.family", "mmalign_jax.models.qwen2_5_vl.family")
 _FAMILIES: Dict[str, ModelFamily] = {}
 _loaded = False
+_loading = False
+_LOCK = threading.RLock()
 
 
 def register(family: ModelFamily) -> ModelFamily:
@@ -47,11 +50,22 @@ def _add(family: ModelFamily) -> None:
 
 
 def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            _add(importlib.import_module(module).FAMILY)
+    """Import the built-in families once. Thread-safe: a grain worker's read threads may
+    ask for a family at the same time, and none may see a half-filled table (a call made
+    by these imports themselves, in the loading thread, returns at once)."""
+    global _loaded, _loading
+    if _loaded:
+        return
+    with _LOCK:
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            for module in BUILTIN:
+                _add(importlib.import_module(module).FAMILY)
+            _loaded = True
+        finally:
+            _loading = False
 
 
 def families() -> List[ModelFamily]:

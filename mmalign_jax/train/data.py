@@ -54,12 +54,20 @@ class TrainData:
         family = registry.for_config(cfg)
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (cfg.text.pad_token_id or 0)
+        data = c.data
         return loader_lib.LoaderConfig(
-            template=c.data.template or family.default_template, image_size=cfg.image_size,
-            image_mode=c.data.image_mode or family.default_image_mode,
-            image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens,
-            max_images=c.data.max_images, seq_len=c.data.seq_len, prompt_len=c.data.prompt_len,
-            response_len=c.data.response_len, pad_token_id=int(pad),
+            template=data.template or family.default_template,
+            image_mode=data.image_mode or family.default_image_mode,
+            image_token_id=cfg.image_token_id, family=family, model_config=cfg,
+            image_buckets=tuple(data.get("image_buckets", ())) or None,
+            group_by_size=int(data.get("group_by_size", 0)),
+            max_images=data.max_images, seq_len=data.seq_len,
+            buckets=tuple(data.get("seq_buckets", ())) or None,
+            prompt_len=data.prompt_len,
+            prompt_buckets=tuple(data.get("prompt_buckets", ())) or None,
+            response_len=data.response_len,
+            response_buckets=tuple(data.get("response_buckets", ())) or None,
+            pad_token_id=int(pad),
             batch_size=c.train.global_batch_size // jax.process_count(), seed=c.seed,
             shuffle=shuffle, num_epochs=epochs, drop_remainder=drop_remainder,
             worker_count=c.data.worker_count, sft_mode=c.data.sft_mode,

@@ -36,6 +36,8 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.model.remat_policy = "none"      # none | full | dots | dots_no_batch
     c.model.attention_impl = "auto"    # auto | dot_product | chunked (models/attention.py)
     c.model.vision_init = ""           # random init only: a vision tower file (flax msgpack)
+    c.model.image_min_pixels = 0       # native-resolution models (Qwen2.5-VL): the image
+    c.model.image_max_pixels = 0       # processor's bounds; 0 = the checkpoint's / preset's
 
     c.lora = mlc.ConfigDict()
     c.lora.enabled = True
@@ -68,8 +70,16 @@ def base_config(method: str) -> mlc.ConfigDict:
     c.data.image_mode = ""             # '' = the model family's (LLaVA-1.5: pad)
     c.data.max_images = 1
     c.data.seq_len = 256               # SFT
+    c.data.seq_buckets = ()            # SFT: each batch padded to the smallest that fits
+                                       # (replaces seq_len); () = seq_len for every batch
     c.data.prompt_len = 128            # DPO: prompt (image tokens included), left padded
+    c.data.prompt_buckets = ()         # DPO: as seq_buckets, for prompts; () = prompt_len
     c.data.response_len = 64           # DPO: each response, right padded
+    c.data.response_buckets = ()       # DPO: as seq_buckets, for responses; () = response_len
+    c.data.image_buckets = ()          # native-resolution models (Qwen2.5-VL): patch budgets
+                                       # of a batch's image slots; () = the family's
+    c.data.group_by_size = 0           # > 0: batch examples of similar size together, within
+                                       # windows of this many batches (less padding)
     c.data.pair_rule = "paper"
     c.data.pair_margin = 2
     c.data.sft_mode = "conversation"   # conversation | best (rejection sampling) | steerlm

@@ -432,6 +432,11 @@ def _train(c) -> dict:
         writer.close()
 
     summary = {"steps": step, "seconds": time.perf_counter() - t_start, **info,
+               # every batch shape compiles its own program (length / patch buckets):
+               # how many, and their compile time in all (compile_seconds: the first)
+               "train_programs": len(train_step.cache), "eval_programs": len(eval_step.cache),
+               "compile_seconds_all": round(train_step.compile_seconds
+                                            + eval_step.compile_seconds, 2),
                **{k: float(v) for k, v in last_metrics.items()}}
     if jax.process_index() == 0:
         png = metrics_lib.plot_curves(writer.path, os.path.join(c.workdir, "curves.png"))
@@ -498,7 +503,8 @@ def _report_compile(c, step: CompiledStep) -> dict:
 def _print_summary(c, s):
     keys = [k for k in methods_lib.get(c.method).summary + ("tokens_per_s",) if k in s]
     lines = [f"{c.method} finished: {s['steps']} steps in {s['seconds']:.0f}s "
-             f"(compile {s.get('compile_seconds')}s)"]
+             f"(compile {s.get('compile_seconds')}s; {s.get('train_programs')} train + "
+             f"{s.get('eval_programs')} eval programs, {s.get('compile_seconds_all')}s)"]
     lines += [f"  {k:24s} {s[k]:.4f}" for k in keys]
     if s.get("stalled_steps", 0) >= STALL_STEPS:
         lines.append(f"  warning: the last {int(s['stalled_steps'])} steps did not change the "

@@ -35,6 +35,21 @@ def image_tokens(cfg: Qwen25VLConfig, size) -> int:
     return processor.num_image_tokens(size[0], size[1], _processor_config(cfg))
 
 
+def image_budget_for_size(cfg: Qwen25VLConfig, size) -> int:
+    """Patches of an image of `size = (width, height)` after `smart_resize` (`t*h*w` of
+    its grid): `image_budget` of its arrays, known from the header alone."""
+    from mmalign_jax.models.qwen2_5_vl import processor
+    t, h, w = processor.grid_for_size(size[0], size[1], _processor_config(cfg))
+    return t * h * w
+
+
+def image_budgets(cfg: Qwen25VLConfig) -> tuple:
+    """Patch budgets a loader pads a batch's slots to: `processor.default_buckets` up to
+    `cfg.max_patches` (64, 128, 256, ..., max_patches)."""
+    from mmalign_jax.models.qwen2_5_vl import processor
+    return tuple(processor.default_buckets(_processor_config(cfg), cfg.max_patches))
+
+
 def empty_images(cfg: Qwen25VLConfig, batch: int, slots: int, budget: int = 0) -> dict:
     """Slots of `budget` patches (default: what `max_pixels` allows)."""
     p = int(budget) or cfg.max_patches
@@ -64,6 +79,8 @@ FAMILY = ModelFamily(
     image_keys=("pixel_values", "image_grid_thw"),
     native_resolution=True,
     image_budget=lambda arrays: int(arrays["pixel_values"].shape[0]),
+    image_budget_for_size=image_budget_for_size,
+    image_budgets=image_budgets,
     default_template="qwen2_vl",
     default_image_mode="native",
     lora_target_regex=r"language_model/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)",

@@ -58,10 +58,30 @@ def qwen25_vl_tiny(vocab_size: int = 1024, image_token_id: int = 1000) -> Qwen25
         vision_start_token_id=image_token_id + 2, vision_end_token_id=image_token_id + 3)
 
 
+def qwen25_vl_demo() -> Qwen25VLConfig:
+    """The demo task's model (`configs/dpo.py:qwen2.5-vl-demo`), trained from random weights
+    on CPU in minutes: the demo tokenizer's ids (`demo.tokenizer.load_qwen_tokenizer`:
+    `<|image_pad|>` 1000, `<|video_pad|>` 1001, `<|vision_start|>` 1002, `<|vision_end|>`
+    1003, `<|im_end|>` 1005 = eos, `<|endoftext|>` 1006 = pad and bos as in Qwen's
+    config); images of 56–224 px a side (4–64 image tokens: one per 28×28 block)."""
+    return Qwen25VLConfig(
+        vision=QwenVisionConfig(depth=2, hidden_size=64, intermediate_size=128, num_heads=4,
+                                out_hidden_size=128, fullatt_block_indexes=(1,)),
+        text=TextConfig(vocab_size=1024, hidden_size=128, intermediate_size=352,
+                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        rms_norm_eps=1e-6, rope_theta=1e4, max_position_embeddings=512,
+                        qkv_bias=True, mrope_section=(4, 6, 6), bos_token_id=1006,
+                        eos_token_id=1005, pad_token_id=1006),
+        image=QwenImageConfig(min_pixels=56 * 56, max_pixels=28 * 28 * 64),
+        image_token_id=1000, video_token_id=1001, vision_start_token_id=1002,
+        vision_end_token_id=1003)
+
+
 PRESET_BUILDERS: Dict[str, Callable[[], Qwen25VLConfig]] = {
     "qwen2.5-vl-3b": qwen25_vl_3b,
     "qwen2.5-vl-7b": qwen25_vl_7b,
     "qwen2.5-vl-tiny": qwen25_vl_tiny,
+    "qwen2.5-vl-demo": qwen25_vl_demo,
 }
 PRETRAINED = ("qwen2.5-vl-3b", "qwen2.5-vl-7b")
 
