@@ -5,6 +5,7 @@ DPO step in PyTorch (hand-written) and TRL, measured in one invocation.
     python -m mmalign_jax.bench --what dpo --steps 5 --warmup 2 --baselines torch,trl \
         --write docs/PERFORMANCE.md
     python -m mmalign_jax.bench --what forward --preset tiny --steps 2 --no-write
+    python -m mmalign_jax.bench --what dpo --preset qwen-small --steps 5 --warmup 2   # Qwen2.5-VL vs TRL
 
 What is timed
 * forward: `jax.jit` of `Llava.__call__` (`model.apply`) on `[B, T]` ids with one image per
@@ -35,6 +36,12 @@ What is timed
   (ours in the bench's process, started first); `--sequential` runs each in one block
   (ours before and after the baselines). A baseline whose packages are missing is reported
   as such, never estimated.
+* Qwen2.5-VL presets (`qwen-small`): TRL only (`.../trl_qwen_dpo_step.py`, rows trl /
+  trl-gc; the lean PyTorch step is LLaVA's). The bench first writes our initial weights as a
+  Hugging Face folder (`export_hf_checkpoint`; alone: `--export-hf DIR`) that TRL's side
+  loads, and both sides build the same token ids and images (`bench_baselines/qwen_data.py`);
+  the policy's log-probs before the first update are printed for both, as a check that the
+  model and the batch are the same.
 * host memory (`--malloc keep`, the default): glibc's malloc set to keep each step's memory
   in the process (`mmalign_jax/host_malloc.py`) in this process and, through
   `GLIBC_TUNABLES`, in every child — the baselines and our served step. Without it each step
