@@ -23,7 +23,7 @@ What is timed
 * MFU = counted FLOPs / s / the device's dense bf16 peak (PEAK_FLOPS); "n/a" on CPU.
 * CPU-s/step: the process's CPU time per step (all threads), a load-robust measure of work.
 * baselines: `mmalign_jax/bench_baselines/torch_dpo_step.py` and `.../trl_dpo_step.py`
-  (+ diagnostic variants trl-gc, torch-1t) run as subprocesses (`python -m
+  (+ diagnostic variants trl-gc, torch-1t, trl-1t) run as subprocesses (`python -m
   mmalign_jax.bench_baselines.…`) with the same shapes. By default they run
   in `--serve` mode and the implementations take turns one step at a time (rotating order),
   so a shared machine's load drift hits every row alike. Ours is served the same way, from
@@ -84,20 +84,22 @@ IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The baselines, modules of this package run as `python -m` (bench_baselines/; they import
 # PyTorch / TRL, which only their own process needs). torch / trl: as specified (threads =
 # cores, no gradient checkpointing). Diagnostics: trl-gc = TRL with its own default gradient
-# checkpointing; torch-1t = one torch thread (shows how much a competing process on a shared
-# machine costs torch's OpenMP barriers).
+# checkpointing; torch-1t / trl-1t = one torch thread (shows how much a competing process on a
+# shared machine costs torch's OpenMP barriers).
 _TORCH, _TRL = "mmalign_jax.bench_baselines.torch_dpo_step", "mmalign_jax.bench_baselines.trl_dpo_step"
-BASELINE_MODULES = {"torch": _TORCH, "trl": _TRL, "trl-gc": _TRL, "torch-1t": _TORCH}
-BASELINE_EXTRA_ARGS = {"trl-gc": ["--gradient-checkpointing"], "torch-1t": ["--threads", "1"]}
+BASELINE_MODULES = {"torch": _TORCH, "trl": _TRL, "trl-gc": _TRL, "torch-1t": _TORCH,
+                    "trl-1t": _TRL}
+BASELINE_EXTRA_ARGS = {"trl-gc": ["--gradient-checkpointing"], "torch-1t": ["--threads", "1"],
+                       "trl-1t": ["--threads", "1"]}
 _TRL_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets")
 BASELINE_PACKAGES = {"torch": ("torch", "transformers"), "torch-1t": ("torch", "transformers"),
-                     "trl": _TRL_PACKAGES, "trl-gc": _TRL_PACKAGES}
+                     "trl": _TRL_PACKAGES, "trl-gc": _TRL_PACKAGES, "trl-1t": _TRL_PACKAGES}
 BASELINE_PRESETS = ("bench-small", "tiny", "llava-1.5-7b")   # shapes the baseline scripts know
 # Qwen2.5-VL presets: TRL's DPOTrainer on `Qwen2_5_VLForConditionalGeneration` with our
 # initial weights (`export_hf_checkpoint`) and the same data (`bench_baselines/qwen_data.py`);
 # the lean PyTorch step is written for LLaVA only.
 _TRL_QWEN = "mmalign_jax.bench_baselines.trl_qwen_dpo_step"
-QWEN_BASELINE_MODULES = {"trl": _TRL_QWEN, "trl-gc": _TRL_QWEN}
+QWEN_BASELINE_MODULES = {"trl": _TRL_QWEN, "trl-gc": _TRL_QWEN, "trl-1t": _TRL_QWEN}
 QWEN_BASELINE_PRESETS = ("qwen-small", "qwen2.5-vl-tiny")
 
 
@@ -935,7 +937,7 @@ def _finish_baseline(name: str, cmd, summary: dict | None, rc, err_tail: str, wa
     out = {**summary, **base, "wall_s": wall}
     if out.get("gradient_checkpointing"):
         out["impl"] += " (gradient checkpointing)"
-    if name == "torch-1t":
+    if name.endswith("-1t"):
         out["impl"] += " (1 thread)"
     out["items_per_s"] = out["pairs_per_s"]
     return out

@@ -279,6 +279,8 @@ def test_qwen_baseline_routing(monkeypatch):
     w.hf_dir = "/tmp/x"
     cmd, _ = bench.baseline_command("trl-gc", w, 1, 0, serve=True)
     assert cmd[-4:] == ["--gradient-checkpointing", "--model-dir", "/tmp/x", "--serve"]
+    cmd, _ = bench.baseline_command("trl-1t", w, 1, 0)   # diagnostic: one torch thread
+    assert cmd[-4:] == ["--threads", "1", "--model-dir", "/tmp/x"]
     _, err = bench.baseline_command("torch", w, 1, 0)
     assert "no torch baseline for qwen-small" in err["error"]
 
