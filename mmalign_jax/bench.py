@@ -36,8 +36,8 @@ What is timed
   (ours in the bench's process, started first); `--sequential` runs each in one block
   (ours before and after the baselines). A baseline whose packages are missing is reported
   as such, never estimated.
-* Qwen2.5-VL presets (`qwen-small`): TRL only (`.../trl_qwen_dpo_step.py`, rows trl /
-  trl-gc; the lean PyTorch step is LLaVA's). The bench first writes our initial weights as a
+* Qwen2.5-VL presets (`qwen-small`): TRL only (`.../trl_qwen_dpo_step.py`, rows trl,
+  trl-gc, trl-1t; the lean PyTorch step is LLaVA's). The bench first writes our initial weights as a
   Hugging Face folder (`export_hf_checkpoint`; alone: `--export-hf DIR`) that TRL's side
   loads, and both sides build the same token ids and images (`bench_baselines/qwen_data.py`);
   the policy's log-probs before the first update are printed for both, as a check that the
