@@ -5,6 +5,7 @@ DPO step in PyTorch (hand-written) and TRL, measured in one invocation.
     python -m mmalign_jax.bench --what dpo --steps 5 --warmup 2 --baselines torch,trl \
         --write docs/PERFORMANCE.md
     python -m mmalign_jax.bench --what forward --preset tiny --steps 2 --no-write
+    python -m mmalign_jax.bench --what dpo --preset qwen-small --steps 5 --warmup 2   # Qwen2.5-VL vs TRL
 
 What is timed
 * forward: `jax.jit` of `Llava.__call__` (`model.apply`) on `[B, T]` ids with one image per
@@ -22,7 +23,7 @@ What is timed
 * MFU = counted FLOPs / s / the device's dense bf16 peak (PEAK_FLOPS); "n/a" on CPU.
 * CPU-s/step: the process's CPU time per step (all threads), a load-robust measure of work.
 * baselines: `mmalign_jax/bench_baselines/torch_dpo_step.py` and `.../trl_dpo_step.py`
-  (+ diagnostic variants trl-gc, torch-1t) run as subprocesses (`python -m
+  (+ diagnostic variants trl-gc, torch-1t, trl-1t) run as subprocesses (`python -m
   mmalign_jax.bench_baselines.…`) with the same shapes. By default they run
   in `--serve` mode and the implementations take turns one step at a time (rotating order),
   so a shared machine's load drift hits every row alike. Ours is served the same way, from
@@ -35,6 +36,12 @@ What is timed
   (ours in the bench's process, started first); `--sequential` runs each in one block
   (ours before and after the baselines). A baseline whose packages are missing is reported
   as such, never estimated.
+* Qwen2.5-VL presets (`qwen-small`): TRL only (`.../trl_qwen_dpo_step.py`, rows trl,
+  trl-gc, trl-1t; the lean PyTorch step is LLaVA's). The bench first writes our initial weights as a
+  Hugging Face folder (`export_hf_checkpoint`; alone: `--export-hf DIR`) that TRL's side
+  loads, and both sides build the same token ids and images (`bench_baselines/qwen_data.py`);
+  the policy's log-probs before the first update are printed for both, as a check that the
+  model and the batch are the same.
 * host memory (`--malloc keep`, the default): glibc's malloc set to keep each step's memory
   in the process (`mmalign_jax/host_malloc.py`) in this process and, through
   `GLIBC_TUNABLES`, in every child — the baselines and our served step. Without it each step
@@ -44,7 +51,9 @@ What is timed
 * `--profile DIR`: one traced step (jax.profiler, XLA op level), op time by phase · module.
 
 `main(argv)` returns the results dict (the test calls it); `--write FILE` replaces the part
-of FILE between `<!-- bench:begin -->` and `<!-- bench:end -->`.
+of FILE between `<!-- bench:PRESET:begin -->` and `<!-- bench:PRESET:end -->` where FILE has
+them (docs/PERFORMANCE.md: `qwen-small`), else between `<!-- bench:begin -->` and
+`<!-- bench:end -->`.
 """
 from __future__ import annotations
 
@@ -75,15 +84,35 @@ IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The baselines, modules of this package run as `python -m` (bench_baselines/; they import
 # PyTorch / TRL, which only their own process needs). torch / trl: as specified (threads =
 # cores, no gradient checkpointing). Diagnostics: trl-gc = TRL with its own default gradient
-# checkpointing; torch-1t = one torch thread (shows how much a competing process on a shared
-# machine costs torch's OpenMP barriers).
+# checkpointing; torch-1t / trl-1t = one torch thread (shows how much a competing process on a
+# shared machine costs torch's OpenMP barriers).
 _TORCH, _TRL = "mmalign_jax.bench_baselines.torch_dpo_step", "mmalign_jax.bench_baselines.trl_dpo_step"
-BASELINE_MODULES = {"torch": _TORCH, "trl": _TRL, "trl-gc": _TRL, "torch-1t": _TORCH}
-BASELINE_EXTRA_ARGS = {"trl-gc": ["--gradient-checkpointing"], "torch-1t": ["--threads", "1"]}
+BASELINE_MODULES = {"torch": _TORCH, "trl": _TRL, "trl-gc": _TRL, "torch-1t": _TORCH,
+                    "trl-1t": _TRL}
+BASELINE_EXTRA_ARGS = {"trl-gc": ["--gradient-checkpointing"], "torch-1t": ["--threads", "1"],
+                       "trl-1t": ["--threads", "1"]}
 _TRL_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets")
 BASELINE_PACKAGES = {"torch": ("torch", "transformers"), "torch-1t": ("torch", "transformers"),
-                     "trl": _TRL_PACKAGES, "trl-gc": _TRL_PACKAGES}
+                     "trl": _TRL_PACKAGES, "trl-gc": _TRL_PACKAGES, "trl-1t": _TRL_PACKAGES}
 BASELINE_PRESETS = ("bench-small", "tiny", "llava-1.5-7b")   # shapes the baseline scripts know
+# Qwen2.5-VL presets: TRL's DPOTrainer on `Qwen2_5_VLForConditionalGeneration` with our
+# initial weights (`export_hf_checkpoint`) and the same data (`bench_baselines/qwen_data.py`);
+# the lean PyTorch step is written for LLaVA only.
+_TRL_QWEN = "mmalign_jax.bench_baselines.trl_qwen_dpo_step"
+QWEN_BASELINE_MODULES = {"trl": _TRL_QWEN, "trl-gc": _TRL_QWEN, "trl-1t": _TRL_QWEN}
+QWEN_BASELINE_PRESETS = ("qwen-small", "qwen2.5-vl-tiny")
+
+
+def baseline_module(name: str, preset: str) -> str | None:
+    """The module that runs baseline `name` on `preset` (None: no such baseline for it)."""
+    if preset in QWEN_BASELINE_PRESETS:
+        return QWEN_BASELINE_MODULES.get(name)
+    return BASELINE_MODULES[name]
+
+
+def default_baselines(preset: str) -> str:
+    """`--baselines auto`: lean PyTorch and TRL for LLaVA presets, TRL for Qwen2.5-VL's."""
+    return "trl" if preset in QWEN_BASELINE_PRESETS else "torch,trl"
 
 # Dense bf16 peak FLOP/s per chip (vendor figures). MFU is quoted against these even for a
 # float32 run (the usual convention is to compare with the bf16 peak).
@@ -117,16 +146,35 @@ def peak_flops(device) -> float | None:
 class Workload:
     """Shapes shared by every implementation: `pairs` preference pairs of one image +
     `prompt_text` text tokens (prompt_len = image tokens + text) and two responses of
-    `response_len` tokens; SFT and forward use `pairs` rows of prompt_len + response_len."""
+    `response_len` tokens; SFT and forward use `pairs` rows of prompt_len + response_len.
+
+    LLaVA presets: random pixels at the tower's size, prompt = image tokens + text.
+    Qwen2.5-VL presets (`native_resolution` families): `bench_baselines/qwen_data.py` — the
+    data TRL's side trains on too: a random RGB image of the largest square the slot holds
+    (qwen-small: 224² px = 256 patches = 64 tokens) through our image processor, prompt =
+    `<|vision_start|>` + image tokens + `<|vision_end|>` + text (`prompt_text` counts the two
+    markers)."""
 
     def __init__(self, preset: str, pairs: int, prompt_text: int, response_len: int):
-        from mmalign_jax.models import presets
+        from mmalign_jax.models import presets, registry
         self.preset, self.pairs = preset, pairs
         self.prompt_text, self.response_len = prompt_text, response_len
         self.cfg = presets.get_preset(preset)
-        self.n_img = self.cfg.num_image_tokens
+        self.family = registry.for_config(self.cfg)
+        self.native = self.family.native_resolution
+        if self.native:
+            from mmalign_jax.bench_baselines import qwen_data
+            self.image_side = qwen_data.image_side(self.cfg)
+            self.n_img = qwen_data.image_tokens(self.cfg)
+            # the ViT runs on the patches, 4 per image token (merger: 2×2 → 1)
+            self.vision_tokens = self.n_img * self.cfg.vision.merge_unit
+        else:
+            self.image_side = self.cfg.vision.image_size
+            self.n_img = self.cfg.num_image_tokens
+            self.vision_tokens = self.n_img
         self.prompt_len = self.n_img + prompt_text
         self.seq_len = self.prompt_len + response_len
+        self.hf_dir = ""   # a Hugging Face folder of our initial weights (the Qwen TRL baseline)
 
     @property
     def dpo_tokens(self) -> int:
@@ -134,9 +182,10 @@ class Workload:
         return self.pairs * (self.prompt_len + 2 * self.response_len)
 
     def describe(self) -> dict:
-        return dict(preset=self.preset, pairs=self.pairs, image_tokens=self.n_img,
-                    prompt_len=self.prompt_len, response_len=self.response_len,
-                    seq_len=self.seq_len)
+        return dict(preset=self.preset, family=self.family.name, pairs=self.pairs,
+                    image_tokens=self.n_img, image_side=self.image_side,
+                    vision_tokens=self.vision_tokens, prompt_len=self.prompt_len,
+                    response_len=self.response_len, seq_len=self.seq_len)
 
     def _ids(self, rng, shape):
         # Below the pad / image ids: bench-small keeps them at the top of its vocabulary,
@@ -155,31 +204,56 @@ class Workload:
         s = self.cfg.vision.image_size
         return rng.standard_normal((self.pairs, 1, s, s, 3)).astype(np.float32)
 
+    def _native(self, seed: int) -> tuple[dict, dict]:
+        """(qwen_data pairs, image slot arrays `{"pixel_values": [B, 1, P, 1176],
+        "image_grid_thw": [B, 1, 3]}` from our processor)."""
+        from PIL import Image
+        from mmalign_jax.bench_baselines import qwen_data
+        from mmalign_jax.models.family import place_image
+        d = qwen_data.make_pairs(self.cfg, self.pairs, self.prompt_text, self.response_len, seed)
+        slots = self.family.empty_images(self.cfg, self.pairs, 1, self.vision_tokens)
+        for i, im in enumerate(d["images"]):
+            place_image(slots, i, 0, self.family.preprocess_image(self.cfg, Image.fromarray(im)))
+        return d, slots
+
+    def _common(self) -> dict:
+        b = self.pairs
+        return {"image_mask": np.ones((b, 1), bool), "example_index": np.arange(b, dtype=np.int32),
+                "weight": np.ones((b,), np.float32)}
+
     def dpo_batch(self, seed: int = 0) -> dict:
         """The DPO pipeline layout (data/loader.py): prompts left padded (here: full)."""
-        rng = np.random.default_rng(seed)
         b, r = self.pairs, self.response_len
-        prompt = self._prompt(rng)
+        if self.native:
+            d, slots = self._native(seed)
+            prompt, chosen, rejected = d["prompt_ids"], d["chosen_ids"], d["rejected_ids"]
+            images = slots
+        else:
+            rng = np.random.default_rng(seed)
+            prompt = self._prompt(rng)
+            chosen, rejected = self._ids(rng, (b, r)), self._ids(rng, (b, r))
+            images = {"pixel_values": self._pixels(rng)}
         return {
             "prompt_ids": prompt, "prompt_mask": np.ones_like(prompt),
-            "chosen_ids": self._ids(rng, (b, r)), "chosen_mask": np.ones((b, r), np.int32),
-            "rejected_ids": self._ids(rng, (b, r)), "rejected_mask": np.ones((b, r), np.int32),
-            "pixel_values": self._pixels(rng), "image_mask": np.ones((b, 1), bool),
-            "example_index": np.arange(b, dtype=np.int32), "weight": np.ones((b,), np.float32),
+            "chosen_ids": chosen, "chosen_mask": np.ones((b, r), np.int32),
+            "rejected_ids": rejected, "rejected_mask": np.ones((b, r), np.int32),
+            **images, **self._common(),
         }
 
     def sft_batch(self, seed: int = 0) -> dict:
         """The SFT layout: image + prompt text + response, targets on the response."""
-        rng = np.random.default_rng(seed)
         b = self.pairs
-        ids = np.concatenate([self._prompt(rng), self._ids(rng, (b, self.response_len))], axis=1)
+        if self.native:
+            d, images = self._native(seed)
+            ids = np.concatenate([d["prompt_ids"], d["chosen_ids"]], axis=1)
+        else:
+            rng = np.random.default_rng(seed)
+            ids = np.concatenate([self._prompt(rng), self._ids(rng, (b, self.response_len))], axis=1)
+            images = {"pixel_values": self._pixels(rng)}
         target = np.zeros(ids.shape, bool)
         target[:, self.prompt_len:] = True
-        return {
-            "input_ids": ids, "attention_mask": np.ones_like(ids), "target_mask": target,
-            "pixel_values": self._pixels(rng), "image_mask": np.ones((b, 1), bool),
-            "example_index": np.arange(b, dtype=np.int32), "weight": np.ones((b,), np.float32),
-        }
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "target_mask": target,
+                **images, **self._common()}
 
 
 def train_config(method: str, w: Workload, lora_rank: int = 0, dtype: str = "float32"):
@@ -224,16 +298,20 @@ def _count(tree) -> int:
 
 def param_counts(cfg) -> dict:
     """Matmul parameter counts by part (embedding lookups excluded: they cost no FLOPs)."""
-    from mmalign_jax.models import llava
-    p = llava.abstract_params(cfg)
+    from mmalign_jax.models import registry
+    fam = registry.for_config(cfg)
+    p = fam.abstract_params(cfg)
     lm = p["language_model"]
     head = lm["lm_head"]["kernel"] if "lm_head" in lm else lm["embed_tokens"]["embedding"]
-    vision = p["vision_tower"]
+    vision = p[fam.vision_key]
+    # the projector: what is neither the tower nor the LM (LLaVA's multi_modal_projector,
+    # Qwen2.5-VL's merger)
+    projector = {k: v for k, v in p.items() if k not in (fam.vision_key, "language_model")}
     return {
         "lm_layers": _count(lm["layers"]),
         "lm_head": int(np.prod(head.shape)),
         "embed": int(np.prod(lm["embed_tokens"]["embedding"].shape)),
-        "projector": _count(p["multi_modal_projector"]),
+        "projector": _count(projector),
         # only the layers the feature layer needs run (INTERNALS.md: vision layers unrolled)
         "vision": _count(vision),
         "total": _count(p),
@@ -242,10 +320,11 @@ def param_counts(cfg) -> dict:
 
 def analytic_flops(kind: str, w: Workload) -> dict:
     """Matmul FLOPs per step (2·N per token forward; backward 2× that for trained weights,
-    0 for the frozen vision tower), attention score/value products excluded."""
+    0 for the frozen vision tower), attention score/value products excluded. The tower runs
+    on `w.vision_tokens` per image (Qwen2.5-VL: the patches, 4 per image token)."""
     n = param_counts(w.cfg)
     b, p, r, img = w.pairs, w.prompt_len, w.response_len, w.n_img
-    v = n["vision"]
+    v = n["vision"] * w.vision_tokens // img   # so that `v * img` = the tower's per-image FLOPs/2
     if kind == "forward":
         lm_tokens, head_tokens = b * w.seq_len, b * w.seq_len
         fwd = 2 * (n["lm_layers"] * lm_tokens + n["lm_head"] * head_tokens
@@ -360,13 +439,13 @@ def bench_forward(w: Workload, steps: int, warmup: int, dtype: str = "float32",
                   attention: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
-    from mmalign_jax.models import llava
     cfg = w.cfg.replace(dtype=dtype, param_dtype=dtype, attention_impl=attention)
-    model = llava.Llava(cfg)
-    params = jax.jit(lambda k: llava.init_params(cfg, k))(jax.random.PRNGKey(0))
+    fam = w.family
+    model = fam.module(cfg)
+    params = jax.jit(lambda k: fam.init_params(cfg, k))(jax.random.PRNGKey(0))
     batch = w.sft_batch()
-    ids, px = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["pixel_values"])
-    mask = jnp.asarray(batch["attention_mask"])
+    ids, mask = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
+    px = jax.tree.map(jnp.asarray, fam.model_images(batch))
 
     def fwd(p, ids, px, mask):
         return model.apply({"params": p}, ids, px, mask)
@@ -420,6 +499,7 @@ class TrainBench:
         self.times: dict[str, list] = {}
         self.cpu: list = []
         self.losses, self.finite, self.forward_only = [], True, None
+        self.first_metrics = None   # the first step's metrics (log-probs before any update)
 
     def step(self) -> float:
         import jax
@@ -433,6 +513,8 @@ class TrainBench:
             self.cpu.append(time.process_time() - c0)
         self.finite &= bool(metrics["finite"]) and math.isfinite(float(metrics["loss"]))
         self.losses.append(float(metrics["loss"]))
+        if self.first_metrics is None:
+            self.first_metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
         log.info("%s step %d: %.3fs loss %.4f", self.method, len(self.losses) - 1, dt, self.losses[-1])
         return dt
 
@@ -476,6 +558,9 @@ class TrainBench:
                           jax.devices()[0])}
         if method == "dpo":
             out["pairs_per_s"] = out["items_per_s"]
+            if self.first_metrics:   # the policy's log-probs before the first update
+                out["initial_logps_chosen_mean"] = self.first_metrics.get("logps/chosen")
+                out["initial_logps_rejected_mean"] = self.first_metrics.get("logps/rejected")
         if self.forward_only is not None:
             out["forward_only_s_median"] = self.forward_only
         mem = self.train_step.memory
@@ -510,8 +595,9 @@ def bench_train(method: str, w: Workload, steps: int, warmup: int, eval_too: boo
 
 # ------------------------------------------------------------------------------ profile
 
-_PARTS = ("vision_tower", "multi_modal_projector", "lm_head", "attn projections", "attention core",
-          "mlp", "layernorm", "embed", "dynamic_update_slice", "dynamic_slice", "concatenate")
+_PARTS = ("vision_tower", "multi_modal_projector", "visual", "merger", "lm_head",
+          "attn projections", "attention core", "mlp", "layernorm", "embed",
+          "dynamic_update_slice", "dynamic_slice", "concatenate")
 
 
 def _op_category(op_name: str | None) -> str:
@@ -523,7 +609,7 @@ def _op_category(op_name: str | None) -> str:
         phase = "forward"
     else:
         phase = "update/other"   # optimizer, clipping, metrics: outside the loss
-    if "self_attn" in op_name and "vision_tower" not in op_name:
+    if "self_attn" in op_name and "vision_tower" not in op_name and "/visual/" not in op_name:
         # LM attention: q/k/v/o matmuls vs the core (scores, softmax, RoPE, cache writes)
         part = ("attn projections" if re.search(r"self_attn/[qkvo]_proj", op_name)
                 else "attention core")
@@ -776,20 +862,41 @@ def baseline_command(name: str, w: Workload, steps: int, warmup: int, serve: boo
                      extra: Sequence[str] = ()):
     """(argv, None) to run a baseline, or (None, error dict) when it cannot run here.
     `extra`: `baseline_args(...)`."""
-    module = BASELINE_MODULES[name]
     base = {"name": name, "what": "dpo"}
+    if w.preset not in BASELINE_PRESETS + QWEN_BASELINE_PRESETS:
+        return None, {**base, "error": "not run: the baseline scripts know presets "
+                      f"{BASELINE_PRESETS + QWEN_BASELINE_PRESETS}"}
+    module = baseline_module(name, w.preset)
+    if module is None:
+        return None, {**base, "error": f"not run: no {name} baseline for {w.preset} (Qwen2.5-VL "
+                      f"presets: {', '.join(QWEN_BASELINE_MODULES)})"}
     if importlib.util.find_spec(module) is None:
         return None, {**base, "error": f"{module} not found (an incomplete installation)"}
     missing = missing_packages(name)
     if missing:
         return None, {**base, "error": "not run: missing packages " + ", ".join(missing)
                       + " (see requirements-bench.txt)"}
-    if w.preset not in BASELINE_PRESETS:
-        return None, {**base, "error": f"not run: the baseline scripts know presets {BASELINE_PRESETS}"}
     cmd = [sys.executable, "-m", module, "--preset", w.preset, "--steps", str(steps),
            "--warmup", str(warmup), "--pairs", str(w.pairs), "--prompt-text", str(w.prompt_text),
            "--response-len", str(w.response_len)] + BASELINE_EXTRA_ARGS.get(name, []) + list(extra)
+    if module == _TRL_QWEN and w.hf_dir:
+        cmd += ["--model-dir", w.hf_dir]
     return cmd + (["--serve"] if serve else []), None
+
+
+def export_hf_checkpoint(w: Workload, out_dir: str) -> str:
+    """Our initial weights of the workload's model as a Hugging Face folder (the family's
+    `save_hf`: `config_to_hf` + `params_to_hf_state_dict`): what `loop.build` starts from —
+    the family's random init with the bench's train config seed — so a baseline that loads
+    the folder trains the very model ours does."""
+    import jax
+    from mmalign_jax.train import loop
+    c = train_config("dpo", w)
+    cfg = loop.model_config(c)
+    params = jax.jit(lambda k: w.family.init_params(cfg, k))(jax.random.PRNGKey(c.seed))
+    w.family.save_hf(cfg, jax.device_get(params), out_dir)
+    log.info("wrote our initial %s weights to %s", w.preset, out_dir)
+    return out_dir
 
 
 def child_env() -> dict:
@@ -830,7 +937,7 @@ def _finish_baseline(name: str, cmd, summary: dict | None, rc, err_tail: str, wa
     out = {**summary, **base, "wall_s": wall}
     if out.get("gradient_checkpointing"):
         out["impl"] += " (gradient checkpointing)"
-    if name == "torch-1t":
+    if name.endswith("-1t"):
         out["impl"] += " (1 thread)"
     out["items_per_s"] = out["pairs_per_s"]
     return out
@@ -1017,8 +1124,12 @@ def markdown(res: dict) -> str:
         f"Load average before/after: {res['load_before']} / {res['load_after']} "
         "(the machine is shared: compare rows of the same run only).",
         "",
-        f"Workload `{w['preset']}`: {w['pairs']} pairs/step, 1 image = {w['image_tokens']} tokens, "
-        f"prompt {w['prompt_len']} tokens (image + {w['prompt_len'] - w['image_tokens']} text), "
+        f"Workload `{w['preset']}`: {w['pairs']} pairs/step, 1 image = {w['image_tokens']} tokens"
+        + (f" ({w['image_side']}×{w['image_side']} px, {w['vision_tokens']} patches for the ViT)"
+           if w.get("vision_tokens", w["image_tokens"]) != w["image_tokens"] else "") + ", "
+        f"prompt {w['prompt_len']} tokens (image + {w['prompt_len'] - w['image_tokens']} text"
+        + (" incl. <|vision_start|>/<|vision_end|>" if w.get("family") == "qwen2_5_vl" else "")
+        + "), "
         f"chosen/rejected {w['response_len']} tokens each; {_dtype_words(res)}; AdamW, clip 1.0; "
         f"vision frozen; {_trained_words(res)}; reference online. "
         f"Median over {res['steps']} steps after {res['warmup']} warm-up steps"
@@ -1049,6 +1160,16 @@ def markdown(res: dict) -> str:
                 f"{_fmt(r.get('compile_s'), '.1f', '–')} | "
                 f"{_flops_cell(r) if ours else '–'} | {_fmt(r.get('mfu'), '.1%') if ours else 'n/a'} |")
         lines.append("")
+        same = [(r.get("name"), r) for r in res.get("baselines", {}).values()
+                if r.get("initial_logps_chosen_mean") is not None]
+        if dpo and dpo.get("initial_logps_chosen_mean") is not None and same:
+            lines.append(
+                "Same model, same batch: the policy's summed response log-probs before the first "
+                "update (mean over pairs), chosen / rejected — ours "
+                f"{dpo['initial_logps_chosen_mean']:.3f} / {dpo['initial_logps_rejected_mean']:.3f}; "
+                + "; ".join(f"{n} {r['initial_logps_chosen_mean']:.3f} / "
+                            f"{r['initial_logps_rejected_mean']:.3f}" for n, r in same) + ".")
+            lines.append("")
         lines.append("tokens/s counts each pair's prompt once plus both responses "
                      f"({w['pairs']}·({w['prompt_len']}+2·{w['response_len']}) tokens per step) "
                      "for every row, so the tokens/s ratio equals the pairs/s ratio. CPU-s/step is "
@@ -1133,13 +1254,26 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: str, text: str) -> None:
-    block = f"{BEGIN}\n{text}\n{END}"
+def section_markers(preset: str) -> tuple[str, str]:
+    """The markers of a preset's own block (`<!-- bench:qwen-small:begin -->` …), which a
+    file may hold beside the default block; `write_section` uses them where present."""
+    return f"<!-- bench:{preset}:begin -->", f"<!-- bench:{preset}:end -->"
+
+
+def write_section(path: str, text: str, preset: str = "") -> None:
+    """Replace the block of `preset` in `path` (its own markers if the file has them, else
+    the default `BEGIN` … `END`), or append one."""
+    begin, end = BEGIN, END
+    doc = open(path).read() if os.path.exists(path) else ""
+    if preset:
+        own = section_markers(preset)
+        if own[0] in doc and own[1] in doc:
+            begin, end = own
+    block = f"{begin}\n{text}\n{end}"
     if os.path.exists(path):
-        doc = open(path).read()
-        if BEGIN in doc and END in doc:
-            head, rest = doc.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1]
+        if begin in doc and end in doc:
+            head, rest = doc.split(begin, 1)
+            tail = rest.split(end, 1)[1]
             doc = head + block + tail
         else:
             doc = doc.rstrip("\n") + "\n\n" + block + "\n"
@@ -1166,8 +1300,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--pairs", type=int, default=4, help="pairs (DPO) / rows (SFT, forward) per step")
     ap.add_argument("--prompt-text", type=int, default=64, help="text tokens per prompt (+ image tokens)")
     ap.add_argument("--response-len", type=int, default=64)
-    ap.add_argument("--baselines", default="torch,trl",
-                    help="comma list of torch,trl for --what dpo/all; '' or 'none' to skip")
+    ap.add_argument("--baselines", default="auto",
+                    help="comma list of torch,trl for --what dpo/all; '' or 'none' to skip; "
+                         "'auto': torch,trl for LLaVA presets, trl for qwen-small")
     ap.add_argument("--baseline-timeout", type=float, default=3600.0,
                     help="seconds a baseline may take to set up / for one step")
     ap.add_argument("--sequential", action="store_true",
@@ -1184,6 +1319,9 @@ def main(argv=None) -> dict:
                          "process, ours and the baselines (mmalign_jax/host_malloc.py); "
                          "'default': glibc as it comes")
     ap.add_argument("--serve-ours", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--export-hf", default="", metavar="DIR",
+                    help="only write our initial weights of --preset as a Hugging Face folder "
+                         "(what the Qwen TRL baseline loads) and exit")
     ap.add_argument("--no-eval", action="store_true", help="skip the forward-only DPO diagnostic")
     ap.add_argument("--remat", default="none",
                     help="model.remat_policy of the JAX train steps (none|full|dots|dots_no_batch); "
@@ -1233,7 +1371,12 @@ def main(argv=None) -> dict:
     if args.serve_ours:
         return serve_ours(args)
     w = Workload(args.preset, args.pairs, args.prompt_text, args.response_len)
+    if args.export_hf:
+        export_hf_checkpoint(w, args.export_hf)
+        return {"export_hf": args.export_hf}
     whats = ("forward", "sft", "dpo") if args.what == "all" else (args.what,)
+    if args.baselines == "auto":
+        args.baselines = default_baselines(args.preset)
     baselines = [b for b in args.baselines.replace(" ", "").split(",") if b and b != "none"]
     for b in baselines:
         if b not in BASELINE_MODULES:
@@ -1253,6 +1396,12 @@ def main(argv=None) -> dict:
         res["sft"] = bench_train("sft", w, args.steps, args.warmup, eval_too=False, remat=remats[0],
                                 lora_rank=args.lora, dtype=args.dtype, attention=args.attention)
     if "dpo" in whats:
+        hf_tmp = None
+        if any(baseline_module(b, w.preset) == _TRL_QWEN for b in baselines):
+            import tempfile
+            hf_tmp = tempfile.TemporaryDirectory(prefix="mmalign_bench_hf_")
+            w.hf_dir = export_hf_checkpoint(w, hf_tmp.name)
+
         def make_tbs():
             return {r: TrainBench("dpo", w, r, args.lora, args.dtype, args.attention) for r in remats}
         served = None
@@ -1309,6 +1458,8 @@ def main(argv=None) -> dict:
             v["impl"] += f" (remat={r})"
             res["dpo_variants"][r] = v
         del tbs
+        if hf_tmp is not None:
+            hf_tmp.cleanup()
         tr = res["dpo"]["trainable_params"]
         for b, r in res["baselines"].items():
             if "trainable_params" in r and r["trainable_params"] != tr:
@@ -1322,7 +1473,7 @@ def main(argv=None) -> dict:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2, default=str)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, text, args.preset)
         log.info("wrote %s", args.write)
     return res
 

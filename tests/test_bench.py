@@ -224,3 +224,114 @@ def test_bench_balances_the_start_order_of_ours_and_the_baselines():
     ratio = ours["pairs_per_s"] / torch_row["pairs_per_s"]
     assert f"**{ratio:.2f}×**" in res["markdown"]
     assert "repeated once per rotation of the order in which the processes start" in res["markdown"]
+
+
+# ------------------------------------------------------------------ qwen-small (Qwen2.5-VL)
+
+def test_qwen_small_workload_shapes():
+    """`--preset qwen-small`: 224² px images = 256 patches = 64 tokens, prompt =
+    <|vision_start|> + 64 image tokens + <|vision_end|> + text, the pipeline's DPO layout
+    with Qwen's image keys (no compile: shapes, data and FLOP bookkeeping only)."""
+    w = bench.Workload("qwen-small", 2, 64, 64)
+    cfg = w.cfg
+    assert (w.n_img, w.vision_tokens, w.image_side, w.prompt_len) == (64, 256, 224, 128)
+    b = w.dpo_batch()
+    assert b["pixel_values"].shape == (2, 1, 256, cfg.vision.patch_dim)
+    assert (b["image_grid_thw"] == [1, 16, 16]).all() and b["image_mask"].all()
+    p = b["prompt_ids"]
+    assert p.shape == (2, 128) and (p[:, 0] == cfg.vision_start_token_id).all()
+    assert (p[:, 1:65] == cfg.image_token_id).all() and (p[:, 65] == cfg.vision_end_token_id).all()
+    from mmalign_jax.bench_baselines import qwen_data
+    lo, hi = qwen_data.token_range(cfg)
+    for k in ("chosen_ids", "rejected_ids"):
+        assert b[k].shape == (2, 64) and lo <= b[k].min() and b[k].max() < hi
+    assert (p[:, 66:] >= lo).all() and (p[:, 66:] < hi).all()
+    again = w.dpo_batch()   # the same data every time (and on TRL's side: qwen_data)
+    assert all((again[k] == b[k]).all() for k in b)
+    n = bench.param_counts(cfg)
+    assert n["vision"] > 0 and n["projector"] > 0
+    an = bench.analytic_flops("dpo", w)
+    assert an["model_flops"] < an["model_flops_concat_layout"]
+    s = bench.Workload("qwen-small", 2, 64, 64).sft_batch()
+    assert s["input_ids"].shape == (2, 192) and s["target_mask"][:, 128:].all()
+
+
+def test_qwen_dpo_step_runs_through_the_trainer():
+    """Our side of the qwen workload: the trainer's DPO step on Qwen2.5-VL batches (the tiny
+    preset here, for speed), full fine-tuning of LM + merger, ViT frozen."""
+    w = bench.Workload("qwen2.5-vl-tiny", jax.device_count(), 8, 8)
+    tb = bench.TrainBench("dpo", w)
+    assert "visual" in tb.run.frozen["params"] and "merger" in tb.run.state.trainable["params"]
+    tb.timed(2, 0)
+    assert tb.finite and tb.losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    r = tb.result()
+    assert r["initial_logps_chosen_mean"] < 0 and r["jaxpr_flops"] > 0
+
+
+def test_qwen_baseline_routing(monkeypatch):
+    monkeypatch.setattr(bench, "missing_packages", lambda name: [])
+    w = bench.Workload("qwen-small", 4, 64, 64)
+    assert bench.default_baselines("qwen-small") == "trl"
+    assert bench.default_baselines("bench-small") == "torch,trl"
+    cmd, err = bench.baseline_command("trl", w, 1, 0)
+    assert err is None and cmd[1:3] == ["-m", "mmalign_jax.bench_baselines.trl_qwen_dpo_step"]
+    assert "--model-dir" not in cmd            # standalone: the script exports its own
+    w.hf_dir = "/tmp/x"
+    cmd, _ = bench.baseline_command("trl-gc", w, 1, 0, serve=True)
+    assert cmd[-4:] == ["--gradient-checkpointing", "--model-dir", "/tmp/x", "--serve"]
+    cmd, _ = bench.baseline_command("trl-1t", w, 1, 0)   # diagnostic: one torch thread
+    assert cmd[-4:] == ["--threads", "1", "--model-dir", "/tmp/x"]
+    _, err = bench.baseline_command("torch", w, 1, 0)
+    assert "no torch baseline for qwen-small" in err["error"]
+
+
+def test_exported_hf_folder_holds_our_initial_weights(tmp_path):
+    """What the Qwen TRL baseline loads is what our trainer starts from."""
+    pytest.importorskip("safetensors")
+    from mmalign_jax.train import state as state_lib
+    w = bench.Workload("qwen2.5-vl-tiny", jax.device_count(), 8, 8)
+    bench.export_hf_checkpoint(w, str(tmp_path))
+    cfg, loaded = w.family.load_hf(str(tmp_path))
+    assert cfg.text == w.cfg.text and cfg.vision == w.cfg.vision
+    tb = bench.TrainBench("dpo", w)
+    ours = state_lib.merge(tb.run.frozen, tb.run.state.trainable)["params"]
+    flat_l = jax.tree_util.tree_leaves_with_path(loaded)
+    flat_o = dict(jax.tree_util.tree_leaves_with_path(ours))
+    assert len(flat_l) == len(flat_o)
+    for path, x in flat_l:
+        assert (jnp.asarray(x) == flat_o[path]).all(), path
+
+
+def test_write_section_uses_a_presets_own_block(tmp_path):
+    doc = tmp_path / "PERF.md"
+    b, e = bench.section_markers("qwen-small")
+    doc.write_text(f"{bench.BEGIN}\nllava\n{bench.END}\n\n{b}\nold\n{e}\n")
+    bench.write_section(str(doc), "qwen table", "qwen-small")
+    text = doc.read_text()
+    assert "llava" in text and "old" not in text and f"{b}\nqwen table\n{e}" in text
+    bench.write_section(str(doc), "llava table", "bench-small")   # no own block: the default
+    assert "llava table" in doc.read_text() and "qwen table" in doc.read_text()
+
+
+def test_trl_qwen_baseline_trains_the_same_model_on_the_same_batch(tmp_path):
+    """TRL's DPOTrainer on Qwen2_5_VLForConditionalGeneration with our exported weights and
+    the workload's data: the collator's batch is checked against ours inside the script
+    (ids exactly, pixels to 1e-5); trainable parameters and the log-probs before the first
+    update equal ours. Needs requirements-bench.txt (not installed in CI)."""
+    for mod in ("torch", "transformers", "trl", "accelerate", "datasets"):
+        pytest.importorskip(mod)
+    from mmalign_jax.bench_baselines import trl_qwen_dpo_step
+    pairs = jax.device_count()
+    w = bench.Workload("qwen2.5-vl-tiny", pairs, 8, 8)
+    bench.export_hf_checkpoint(w, str(tmp_path / "model"))
+    theirs = trl_qwen_dpo_step.main([
+        "--preset", "qwen2.5-vl-tiny", "--steps", "1", "--warmup", "0", "--pairs", str(pairs),
+        "--prompt-text", "8", "--response-len", "8", "--threads", "1",
+        "--model-dir", str(tmp_path / "model")])
+    tb = bench.TrainBench("dpo", w)
+    tb.timed(1, 0)
+    ours = tb.result()
+    assert theirs["trainable_params"] == ours["trainable_params"]
+    assert theirs["reference"] == "online copy" and theirs["prompt_len"] == w.prompt_len
+    for k in ("initial_logps_chosen_mean", "initial_logps_rejected_mean"):
+        assert theirs[k] == pytest.approx(ours[k], abs=2e-3), k

@@ -2,7 +2,8 @@
 
 `qwen2.5-vl-3b` / `qwen2.5-vl-7b` are the published checkpoints' shapes (Qwen/Qwen2.5-VL-
 3B-Instruct, -7B-Instruct config.json): load their weights, never train them from random.
-`qwen2.5-vl-tiny` is a random-init shape for tests; `qwen2.5-vl-demo` the demo task's.
+`qwen2.5-vl-tiny` is a random-init shape for tests; `qwen-small` the benchmark's
+(`python -m mmalign_jax.bench --preset qwen-small`, docs/PERFORMANCE.md).
 Reads both config.json forms: the hub's (text fields at the top level, `rope_scaling`
 with `"type": "mrope"`) and transformers ≥ 5's (`text_config`, `rope_parameters`).
 """
@@ -77,11 +78,32 @@ def qwen25_vl_demo() -> Qwen25VLConfig:
         vision_end_token_id=1003)
 
 
+def qwen_small() -> Qwen25VLConfig:
+    """The benchmark's random-init shape (`python -m mmalign_jax.bench --preset qwen-small`):
+    a 4-block × 128-wide ViT (2 heads, the last block full attention, the others 112-px
+    windows) and a 6-layer × 256-wide Qwen2 decoder (4 query / 2 KV heads of 64, MLP 1024,
+    vocabulary 16384, untied head). Images up to 224×224 px = 256 patches = 64 tokens; the
+    special tokens sit at the top of the vocabulary."""
+    v = 16384
+    return Qwen25VLConfig(
+        vision=QwenVisionConfig(depth=4, hidden_size=128, intermediate_size=256, num_heads=2,
+                                out_hidden_size=256, fullatt_block_indexes=(3,)),
+        text=TextConfig(vocab_size=v, hidden_size=256, intermediate_size=1024,
+                        num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                        rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=4096,
+                        qkv_bias=True, mrope_section=(8, 12, 12), tie_word_embeddings=False,
+                        bos_token_id=v - 8, eos_token_id=v - 7, pad_token_id=v - 8),
+        image=QwenImageConfig(min_pixels=56 * 56, max_pixels=224 * 224),
+        image_token_id=v - 3, video_token_id=v - 2, vision_start_token_id=v - 5,
+        vision_end_token_id=v - 4)
+
+
 PRESET_BUILDERS: Dict[str, Callable[[], Qwen25VLConfig]] = {
     "qwen2.5-vl-3b": qwen25_vl_3b,
     "qwen2.5-vl-7b": qwen25_vl_7b,
     "qwen2.5-vl-tiny": qwen25_vl_tiny,
     "qwen2.5-vl-demo": qwen25_vl_demo,
+    "qwen-small": qwen_small,
 }
 PRETRAINED = ("qwen2.5-vl-3b", "qwen2.5-vl-7b")
 
