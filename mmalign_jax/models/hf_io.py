@@ -125,6 +125,13 @@ def _text_tied(cfg) -> bool:
     return bool(cfg.text.tie_word_embeddings)
 
 
+def text_generation_config(cfg) -> dict:
+    """`generation_config.json` from the language model's special token ids."""
+    t = cfg.text
+    return {"bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id,
+            "pad_token_id": t.pad_token_id}
+
+
 @dataclasses.dataclass(frozen=True)
 class HFMapping:
     """A family's checkpoint format: its tensors, key layouts and config.json both ways.
@@ -150,7 +157,7 @@ class HFMapping:
     tied_head_key: Optional[str]
     config_from_hf: Callable[[dict], Any]
     config_to_hf: Callable[..., dict]
-    generation_config: Callable[[Any], dict]
+    generation_config: Callable[[Any], dict] = text_generation_config
     zero_fill: Callable[[dict, Entry], bool] = _no_zero_fill
     extra_files: Callable[[Any], Dict[str, dict]] = _no_extra_files
     tied: Callable[[Any], bool] = _text_tied

@@ -170,12 +170,6 @@ def _zero_fill(raw_config: dict, e: Entry) -> bool:
             and e.hf_key.startswith(_PROJ) and e.hf_key.endswith(".bias"))
 
 
-def _generation_config(cfg: LlavaConfig) -> dict:
-    t = cfg.text
-    return {"bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id,
-            "pad_token_id": t.pad_token_id}
-
-
 MAPPING = hf_io.HFMapping(
     name="llava-hf",
     hf_class="LlavaForConditionalGeneration",
@@ -188,7 +182,6 @@ MAPPING = hf_io.HFMapping(
     tied_head_key=_HEAD,
     config_from_hf=from_hf_config,
     config_to_hf=to_hf_config,
-    generation_config=_generation_config,
     zero_fill=_zero_fill,
 )
 

@@ -107,12 +107,6 @@ def detect_layout(key: str) -> Optional[str]:
     return None
 
 
-def _generation_config(cfg: Qwen25VLConfig) -> dict:
-    t = cfg.text
-    return {"bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id,
-            "pad_token_id": t.pad_token_id}
-
-
 MAPPING = HFMapping(
     name="qwen2_5_vl",
     hf_class="Qwen2_5_VLForConditionalGeneration",
@@ -125,7 +119,6 @@ MAPPING = HFMapping(
     tied_head_key=_HEAD,
     config_from_hf=presets.from_hf_config,
     config_to_hf=presets.to_hf_config,
-    generation_config=_generation_config,
     extra_files=lambda cfg: {PREPROCESSOR_CONFIG: presets.preprocessor_config(cfg)},
 )
 
