@@ -70,6 +70,10 @@ class TextConfig:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
 
+# Every linear of the LLaMA-family decoder but lm_head (PAPER.md), as '/'-joined paths.
+LM_LORA_TARGETS = r"language_model/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)"
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
     """Low-rank adapters (PAPER.md: r=128, alpha=256, dropout 0.05 on every LM linear but lm_head).
@@ -81,7 +85,7 @@ class LoraConfig:
     rank: int = 128
     alpha: float = 256.0
     dropout: float = 0.05
-    target_regex: str = r"language_model/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)"
+    target_regex: str = LM_LORA_TARGETS
 
     @property
     def scale(self) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmalign_jax.models.config import LlavaConfig
+from mmalign_jax.models.config import LM_LORA_TARGETS, LlavaConfig
 from mmalign_jax.models.family import ModelFamily
 from mmalign_jax.models.llava import hf, model, presets
 
@@ -45,7 +45,7 @@ FAMILY = ModelFamily(
     empty_images=empty_images,
     default_template="vicuna_v1",
     default_image_mode="pad",
-    lora_target_regex=r"language_model/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)",
+    lora_target_regex=LM_LORA_TARGETS,
     param_groups={"vision": r"params/vision_tower/.*",
                   "projector": r"params/multi_modal_projector/.*",
                   "lm": r"params/language_model/.*"},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmalign_jax.models.config import LM_LORA_TARGETS
 from mmalign_jax.models.family import ModelFamily
 from mmalign_jax.models.qwen2_5_vl import hf, model, presets
 from mmalign_jax.models.qwen2_5_vl.config import Qwen25VLConfig
@@ -83,7 +84,7 @@ FAMILY = ModelFamily(
     image_budgets=image_budgets,
     default_template="qwen2_vl",
     default_image_mode="native",
-    lora_target_regex=r"language_model/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)",
+    lora_target_regex=LM_LORA_TARGETS,
     param_groups={"vision": r"params/visual/.*",
                   "projector": r"params/merger/.*",
                   "lm": r"params/language_model/.*"},
